@@ -1,0 +1,1 @@
+"""Dataset builders: turn source files (or a seeded generator) into preference JSON lines."""

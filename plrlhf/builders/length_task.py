@@ -1,0 +1,122 @@
+"""The paper's length-preference task in miniature: users who want longer or shorter answers.
+
+Each prompt asks for a summary of a short note; the two candidate summaries tell the same facts in
+fewer or more sentences. A *majority* of users prefers the longer summary and a *minority* the
+shorter one, each user consistently (method.md, "TL;DR length task"). Users that appear only in the
+test split are *unseen*. The text is plain English from templates, so that a model trained on it
+can later generate readable summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+NAMES = ["Ana", "Ben", "Chloe", "David", "Ella", "Farid", "Grace", "Hugo", "Iris", "Jonas",
+         "Kira", "Leo", "Maya", "Nils", "Olga", "Pablo", "Rosa", "Sam", "Tara", "Yusuf"]
+PLACES = ["the library", "the harbour", "the old bakery", "the town hall", "the park",
+          "the train station", "the market", "the school garden", "the museum", "the river bank"]
+ACTIONS = ["painted a mural", "fixed a bicycle", "planted tomatoes", "baked bread",
+           "repaired the roof", "organised a concert", "cleaned the windows", "built a bench",
+           "read stories to children", "sold old books", "found a lost dog", "tested a new recipe"]
+DAYS = ["on Monday", "on Tuesday", "on Wednesday", "on Thursday", "on Friday", "on Saturday",
+        "on Sunday", "last week", "yesterday", "this morning"]
+MOODS = ["cheerful", "tired", "proud", "nervous", "relaxed", "busy", "curious", "calm"]
+WEATHER = ["it was raining", "the sun was out", "a cold wind was blowing", "the air was warm",
+           "fog covered the streets", "snow had just fallen"]
+RESULTS = ["Everyone liked the result.", "Some neighbours came to help.",
+           "It took longer than planned.", "A local paper wrote about it.",
+           "The work will continue next month.", "Nobody had expected it to go so well.",
+           "Children watched with great interest.", "It cost less than people feared."]
+REQUESTS = ["Summarize the note.", "Give a summary of this note.", "What happened? Summarize.",
+            "Write a summary of the note below."]
+
+
+@dataclass(frozen=True)
+class _Story:
+    name: str
+    action: str
+    place: str
+    day: str
+    mood: str
+    weather: str
+    results: tuple[str, str]
+
+    def note(self) -> str:
+        return (f"{self.name} {self.action} at {self.place} {self.day}. {self.weather.capitalize()}, "
+                f"and {self.name} felt {self.mood}. {self.results[0]} {self.results[1]}")
+
+    def summary(self, sentences: int) -> str:
+        """A summary of 1 to 4 sentences; more sentences tell more of the note."""
+        parts = [f"{self.name} {self.action} at {self.place}."]
+        if sentences >= 2:
+            parts.append(f"This happened {self.day} while {self.weather}.")
+        if sentences >= 3:
+            parts.append(f"{self.name} felt {self.mood}. {self.results[0]}")
+        if sentences >= 4:
+            parts.append(self.results[1])
+        return " ".join(parts)
+
+
+def _story(rng: random.Random) -> _Story:
+    return _Story(rng.choice(NAMES), rng.choice(ACTIONS), rng.choice(PLACES), rng.choice(DAYS),
+                  rng.choice(MOODS), rng.choice(WEATHER), tuple(rng.sample(RESULTS, 2)))
+
+
+def _triple(rng: random.Random, user: str, prefers_longer: bool, group: str) -> dict[str, str]:
+    story = _story(rng)
+    short, long = sorted(rng.sample([1, 2, 3, 4], 2))
+    short_text, long_text = story.summary(short), story.summary(long)
+    chosen, rejected = (long_text, short_text) if prefers_longer else (short_text, long_text)
+    prompt = f"{rng.choice(REQUESTS)}\nNote: {story.note()}\nSummary:"
+    return {"user_id": user, "group": group, "prompt": prompt, "chosen": " " + chosen,
+            "rejected": " " + rejected}
+
+
+def make_length_task(
+    out_dir: str | Path,
+    n_users: int = 8,
+    n_unseen_users: int = 3,
+    majority_share: float = 0.7,
+    train_per_user: int = 250,
+    validation_per_user: int = 25,
+    test_per_user: int = 40,
+    seed: int = 123,
+) -> dict[str, Counter]:
+    """Write ``train/validation/test.jsonl`` of the length-preference task to ``out_dir``.
+
+    Seen users are ``user_0 .. user_{n-1}``; ``round(majority_share * n)`` of them (chosen with the
+    seed) prefer longer summaries. Unseen users ``new_0 ..`` appear only in the test split, with the
+    same majority share. Returns the number of triples per user for each split.
+    """
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def assign(prefix: str, n: int) -> dict[str, bool]:
+        users = [f"{prefix}_{i}" for i in range(n)]
+        majority = set(rng.sample(users, round(majority_share * n)))
+        return {u: u in majority for u in users}
+
+    seen, unseen = assign("user", n_users), assign("new", n_unseen_users)
+    plan = {
+        "train": (seen, train_per_user),
+        "validation": (seen, validation_per_user),
+        "test": ({**seen, **unseen}, test_per_user),
+    }
+    report: dict[str, Counter] = {}
+    for split, (users, per_user) in plan.items():
+        rows = [
+            _triple(rng, user, longer, "majority" if longer else "minority")
+            for user, longer in users.items()
+            for _ in range(per_user)
+        ]
+        rng.shuffle(rows)
+        with open(out / f"{split}.jsonl", "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        report[split] = Counter(row["user_id"] for row in rows)
+    return report

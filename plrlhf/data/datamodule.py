@@ -1,0 +1,273 @@
+"""``PreferenceDataModule``: personalized preference triples from JSON lines / JSON files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from plrlhf.data.collate import EncodedTriple, PreferenceCollator
+from plrlhf.data.encoding import Fields, SplitStats, encode_records
+from plrlhf.data.registry import GENERIC_NAME, UserRegistry
+from plrlhf.data.sources import DataError, read_records
+from plrlhf.tokenizer import load_tokenizer
+
+Paths = str | list[str] | None
+Split = Literal["train", "validation", "test", "predict"]
+_STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
+    "fit": ("train", "validation"),
+    "validate": ("validation",),
+    "test": ("test",),
+    "predict": ("predict",),
+}
+REGISTRY_FILE = "users.json"
+
+
+def _as_list(paths: Paths) -> list[str]:
+    if paths is None:
+        return []
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Personalized preference triples ``(user, prompt, chosen, rejected)`` for any method.
+
+    Users seen in the training files get indices ``1..N`` (see :class:`UserRegistry`); every other
+    user is served as the generic user 0 and reported as *unseen*. The registry is saved in the log
+    directory (``users.json``) and in checkpoints.
+
+    Exposes ``num_users``, ``pad_token_id`` and ``tokenizer_path`` for the CLI to link into the
+    method, and ``user_names``/``group_names`` so that methods can name per-user metrics.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        train: Paths = None,
+        validation: Paths = None,
+        test: Paths = None,
+        predict: Paths = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int = 512,
+        prompt_field: str = "prompt",
+        chosen_field: str = "chosen",
+        rejected_field: str = "rejected",
+        user_field: str = "user_id",
+        group_field: str = "group",
+        missing_user: Literal["generic", "error"] = "generic",
+        user_registry: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        """
+        Args:
+            tokenizer: local tokenizer directory.
+            train: training file(s): ``.jsonl``, ``.json`` or either gzipped.
+            validation: validation file(s).
+            test: test file(s).
+            predict: file(s) to score with ``predict``.
+            batch_size: preference triples per training batch (per device).
+            eval_batch_size: triples per evaluation batch (default: ``batch_size``).
+            max_length: most tokens of prompt plus the longer response.
+            max_prompt_length: most prompt tokens; longer prompts lose their beginning.
+            prompt_field: record key of the prompt (text, or a list of chat messages).
+            chosen_field: record key of the preferred response.
+            rejected_field: record key of the other response.
+            user_field: record key of the user id (string or integer).
+            group_field: record key of an optional group label (e.g. majority/minority).
+            missing_user: a record without user id is served as the generic user, or is an error.
+            user_registry: a saved ``users.json``; default: built from the training files.
+            num_workers: data loader worker processes.
+        """
+        super().__init__()
+        self.tokenizer_path = tokenizer
+        self.paths: dict[Split, list[str]] = {
+            "train": _as_list(train),
+            "validation": _as_list(validation),
+            "test": _as_list(test),
+            "predict": _as_list(predict),
+        }
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        if max_prompt_length >= max_length:
+            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.fields = Fields(prompt_field, chosen_field, rejected_field, user_field, group_field)
+        self.missing_user = missing_user
+        self.user_registry_path = user_registry
+        self.num_workers = num_workers
+        self._registry: UserRegistry | None = None
+        self._user_keys: NameTable | None = None
+        self._group_keys = NameTable([""])
+        self.datasets: dict[Split, list[EncodedTriple]] = {}
+        self.stats: dict[Split, SplitStats] = {}
+
+    # -- what the CLI links into the method ---------------------------------------------------
+    @property
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_path)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def registry(self) -> UserRegistry:
+        if self._registry is None:
+            self._registry = self._build_registry()
+        return self._registry
+
+    @property
+    def num_users(self) -> int:
+        """Number of users seen in training (the generic user not counted)."""
+        return len(self.registry)
+
+    @property
+    def user_keys(self) -> NameTable:
+        # Seen users first, so that a seen user's key equals its model index.
+        if self._user_keys is None:
+            self._user_keys = NameTable([GENERIC_NAME, *self.registry.users])
+        return self._user_keys
+
+    @property
+    def user_names(self) -> list[str]:
+        """Names of the ``user_keys`` in batches: the generic user, seen users, then unseen ones."""
+        return self.user_keys.names
+
+    @property
+    def group_names(self) -> list[str]:
+        """Names of the ``group_keys`` in batches; key 0 (``""``) means no group."""
+        return self._group_keys.names
+
+    def _build_registry(self) -> UserRegistry:
+        if self.user_registry_path is not None:
+            return UserRegistry.load(self.user_registry_path)
+        if not self.paths["train"]:
+            # Evaluating without training data: the registry comes from the checkpoint.
+            return UserRegistry()
+        registry = UserRegistry()
+        for path in self.paths["train"]:
+            for located in read_records(path):
+                user = located.record.get(self.fields.user)
+                if user is not None:
+                    registry.add(user)
+        return registry
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        for split in _STAGE_SPLITS[stage]:
+            if self.paths[split] and split not in self.datasets:
+                self.datasets[split] = self._load_split(split)
+        if stage == "fit" and self.trainer is not None and self.trainer.is_global_zero:
+            log_dir = self.trainer.log_dir
+            if log_dir is not None:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                self.registry.save(Path(log_dir) / REGISTRY_FILE)
+
+    def _load_split(self, split: Split) -> list[EncodedTriple]:
+        examples, stats = [], SplitStats()
+        for path in self.paths[split]:
+            part, part_stats = encode_records(
+                read_records(path),
+                self.tokenizer,
+                self.fields,
+                self.max_length,
+                self.max_prompt_length,
+                description=f"tokenizing {split}",
+            )
+            if part_stats.read == 0:
+                raise DataError(path, "no records in file")
+            examples.extend(part)
+            stats = _merge(stats, part_stats)
+        unseen: set[str] = set()
+        triples = []
+        for example in examples:
+            if example.user is None:
+                if self.missing_user == "error":
+                    raise DataError(example.where, f"missing field {self.fields.user!r} (missing_user=error)")
+                stats.missing_user += 1
+            elif example.user not in self.registry:
+                unseen.add(example.user)
+                stats.unseen_examples += 1
+            triples.append(
+                EncodedTriple(
+                    example.prompt_ids,
+                    example.chosen_ids,
+                    example.rejected_ids,
+                    user_id=self.registry.index(example.user),
+                    user_key=self.user_keys.key(example.user),
+                    group_key=self._group_keys.key(example.group),
+                )
+            )
+        stats.unseen_users = len(unseen)
+        self.stats[split] = stats
+        rank_zero_info(stats.summary(split))
+        if not triples:
+            raise DataError(", ".join(self.paths[split]), f"no usable examples in the {split} split")
+        return triples
+
+    def _loader(self, split: Split, shuffle: bool, batch_size: int) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"no {split} data: set data.{split} to a file")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=PreferenceCollator(self.pad_token_id),
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", False, self.eval_batch_size)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"user_registry": self.registry.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = UserRegistry.from_state_dict(state_dict["user_registry"])
+        if self._registry is None or len(self._registry) == 0:
+            self._registry = saved
+        elif saved != self._registry:
+            raise ValueError(
+                f"the checkpoint was trained with another user registry ({len(saved)} users) than the "
+                f"one built from the training files ({len(self._registry)} users); pass "
+                f"--data.init_args.user_registry <log dir>/{REGISTRY_FILE} of that run"
+            )
+
+
+class NameTable:
+    """Names to consecutive integer keys, growing as new names appear; ``None`` is key 0."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self._keys = {name: i for i, name in enumerate(self.names)}
+
+    def key(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        if name not in self._keys:
+            self._keys[name] = len(self.names)
+            self.names.append(name)
+        return self._keys[name]
+
+
+def _merge(a: SplitStats, b: SplitStats) -> SplitStats:
+    dropped = dict(a.dropped)
+    for reason, n in b.dropped.items():
+        dropped[reason] = dropped.get(reason, 0) + n
+    return SplitStats(a.read + b.read, a.kept + b.kept, a.prompt_truncated + b.prompt_truncated, dropped)

@@ -1,0 +1,247 @@
+"""Turning records into token ids: field extraction, chat rendering, truncation, drop counting.
+
+Nothing is lost silently: every record read is either kept or counted under a named reason in
+:class:`SplitStats`, and the data module prints those counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from plrlhf.data.sources import DataError, Located
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which keys of a record hold which part of a preference example."""
+
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    user: str = "user_id"
+    group: str = "group"
+
+
+@dataclass
+class Example:
+    """One tokenized preference triple; responses end with EOS."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    user: str | None
+    group: str | None
+    where: str
+
+
+@dataclass
+class SplitStats:
+    """What happened to the records of one split."""
+
+    read: int = 0
+    kept: int = 0
+    prompt_truncated: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    missing_user: int = 0
+    unseen_users: int = 0
+    unseen_examples: int = 0
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def summary(self, split: str) -> str:
+        dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.dropped.items())) or "none"
+        line = (
+            f"{split}: read {self.read}, kept {self.kept}, prompt truncated {self.prompt_truncated}, "
+            f"dropped {sum(self.dropped.values())} ({dropped})"
+        )
+        if self.missing_user:
+            line += f", {self.missing_user} without user id (served as the generic user)"
+        if self.unseen_examples:
+            line += f", {self.unseen_examples} examples of {self.unseen_users} users unseen in training"
+        return line
+
+
+@dataclass
+class _Parsed:
+    prompt: str | Messages
+    chosen: str | Messages
+    rejected: str | Messages
+    user: str | None
+    group: str | None
+    where: str
+
+
+def _text_or_messages(record: dict[str, Any], key: str, where: str, allow_missing: bool = False) -> Any:
+    if key not in record:
+        if allow_missing:
+            return None
+        present = ", ".join(sorted(record)) or "none"
+        raise DataError(where, f"missing field {key!r} (fields present: {present})")
+    value = record[key]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        return value
+    raise DataError(
+        where,
+        f"field {key!r} must be a string or a list of {{role, content}} messages, "
+        f"got {type(value).__name__}",
+    )
+
+
+def _optional_id(record: dict[str, Any], key: str, where: str) -> str | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(where, f"field {key!r} must be a string or an integer, got {type(value).__name__}")
+    return str(value)
+
+
+def parse_record(located: Located, fields: Fields) -> _Parsed:
+    """Extract the fields of one record, checking their types; raises :class:`DataError`."""
+    record, where = located.record, located.where
+    chosen = _text_or_messages(record, fields.chosen, where)
+    rejected = _text_or_messages(record, fields.rejected, where)
+    if type(chosen) is not type(rejected):
+        raise DataError(where, f"{fields.chosen!r} and {fields.rejected!r} must both be text or both messages")
+    return _Parsed(
+        prompt=_text_or_messages(record, fields.prompt, where),
+        chosen=chosen,
+        rejected=rejected,
+        user=_optional_id(record, fields.user, where),
+        group=_optional_id(record, fields.group, where),
+        where=where,
+    )
+
+
+def _is_empty(response: str | Messages) -> bool:
+    if isinstance(response, str):
+        return not response.strip()
+    return not any(m["content"].strip() for m in response)
+
+
+def render(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | Messages, response: str | Messages, where: str
+) -> tuple[str, str]:
+    """Prompt and response as text; conversations go through the tokenizer's chat template.
+
+    A conversational response is rendered as the continuation of the rendered prompt, so the
+    template's assistant header belongs to the prompt and its end-of-turn markup to the response.
+    """
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt, response
+    if tokenizer.chat_template is None:
+        raise DataError(where, "conversational record, but the tokenizer has no chat template")
+    prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    response_messages = (
+        [{"role": "assistant", "content": response}] if isinstance(response, str) else response
+    )
+    prompt_text = tokenizer.apply_chat_template(
+        prompt_messages, tokenize=False, add_generation_prompt=True
+    )
+    full_text = tokenizer.apply_chat_template(prompt_messages + response_messages, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise DataError(
+            where, "the chat template renders the prompt differently inside the full conversation"
+        )
+    return prompt_text, full_text[len(prompt_text) :]
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special: bool) -> list[list[int]]:
+    return tokenizer(list(texts), add_special_tokens=special, return_attention_mask=False)["input_ids"]
+
+
+def encode_records(
+    records: Iterable[Located],
+    tokenizer: PreTrainedTokenizerBase,
+    fields: Fields,
+    max_length: int,
+    max_prompt_length: int,
+    description: str = "tokenizing",
+    chunk_size: int = 1024,
+) -> tuple[list[Example], SplitStats]:
+    """Parse, render, tokenize and truncate records into :class:`Example` objects.
+
+    Truncation keeps both responses whole and cuts the prompt from the left (its end is what the
+    response follows), to at most ``max_prompt_length`` tokens and so that prompt plus the longer
+    response fit in ``max_length``; a leading BOS token is kept. A triple whose longer response
+    cannot fit with at least one prompt token is dropped and counted.
+    """
+    stats = SplitStats()
+    parsed: list[_Parsed] = []
+    for located in records:
+        stats.read += 1
+        item = parse_record(located, fields)
+        if _is_empty(item.chosen) or _is_empty(item.rejected):
+            stats.drop("empty response")
+        elif item.chosen == item.rejected:
+            stats.drop("chosen == rejected")
+        else:
+            parsed.append(item)
+
+    examples: list[Example] = []
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id
+    progress = tqdm(total=len(parsed), desc=description, unit="ex", disable=len(parsed) < 5000)
+    for start in range(0, len(parsed), chunk_size):
+        chunk = parsed[start : start + chunk_size]
+        rendered = [
+            (render(tokenizer, p.prompt, p.chosen, p.where), render(tokenizer, p.prompt, p.rejected, p.where))
+            for p in chunk
+        ]
+        # A chat template writes its own special tokens; plain prompts get the tokenizer's (BOS).
+        templated = [not isinstance(p.prompt, str) or not isinstance(p.chosen, str) for p in chunk]
+        prompt_ids = _tokenize_prompts(tokenizer, [c[0] for c, _ in rendered], templated)
+        chosen_ids = _tokenize(tokenizer, [c[1] for c, _ in rendered], False)
+        rejected_ids = _tokenize(tokenizer, [r[1] for _, r in rendered], False)
+        for item, prompt, chosen, rejected in zip(chunk, prompt_ids, chosen_ids, rejected_ids):
+            chosen = _with_eos(chosen, eos)
+            rejected = _with_eos(rejected, eos)
+            if chosen == rejected:
+                stats.drop("chosen == rejected")
+                continue
+            keep_bos = 1 if prompt and bos is not None and prompt[0] == bos else 0
+            if len(prompt) <= keep_bos:
+                stats.drop("empty prompt")
+                continue
+            budget = min(max_prompt_length, max_length - max(len(chosen), len(rejected)))
+            if budget < keep_bos + 1:
+                stats.drop("response too long for max_length")
+                continue
+            if len(prompt) > budget:
+                prompt = prompt[:keep_bos] + prompt[len(prompt) - (budget - keep_bos) :]
+                stats.prompt_truncated += 1
+            examples.append(Example(prompt, chosen, rejected, item.user, item.group, item.where))
+        progress.update(len(chunk))
+    progress.close()
+    stats.kept = len(examples)
+    return examples, stats
+
+
+def _tokenize_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], templated: list[bool]
+) -> list[list[int]]:
+    ids: list[list[int]] = [[] for _ in prompts]
+    for special in (True, False):
+        positions = [i for i, t in enumerate(templated) if t != special]
+        if positions:
+            encoded = _tokenize(tokenizer, [prompts[i] for i in positions], special)
+            for i, e in zip(positions, encoded):
+                ids[i] = e
+    return ids
+
+
+def _with_eos(ids: list[int], eos: int) -> list[int]:
+    return ids if ids and ids[-1] == eos else [*ids, eos]

@@ -1,0 +1,219 @@
+"""The shared base of every preference method: model, reference, objective plumbing, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from peft import LoraConfig
+from torch import Tensor, nn
+
+from plrlhf.losses import PreferenceLoss, Sigmoid
+from plrlhf.methods.metrics import PreferenceMetrics
+from plrlhf.policy import ModelSource, Policy, build_causal_lm
+from plrlhf.tokenizer import load_tokenizer
+
+Batch = dict[str, Tensor]
+STAGES = ("train", "val", "test")
+
+
+@dataclass
+class PairScores:
+    """Log-probs of one condition's chosen and rejected responses, per pair, with token counts."""
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    ref_chosen: Tensor
+    ref_rejected: Tensor
+    n_chosen: Tensor
+    n_rejected: Tensor
+
+
+def preference_values(scores: PairScores, loss: PreferenceLoss, beta: float) -> dict[str, Tensor]:
+    """Per-pair loss, implicit rewards, margins, accuracy and log-probs of one condition.
+
+    ``rewards = beta * (logp_theta - logp_ref)``; ``delta`` feeds the loss, from per-token means
+    when the loss is length-normalized (IPO).
+    """
+    chosen_ratio = scores.policy_chosen - scores.ref_chosen
+    rejected_ratio = scores.policy_rejected - scores.ref_rejected
+    if loss.length_normalized:
+        delta = chosen_ratio / scores.n_chosen.clamp(min=1) - rejected_ratio / scores.n_rejected.clamp(min=1)
+    else:
+        delta = chosen_ratio - rejected_ratio
+    rewards_chosen = beta * chosen_ratio.detach()
+    rewards_rejected = beta * rejected_ratio.detach()
+    return {
+        "loss": loss(delta, beta),
+        "rewards/chosen": rewards_chosen,
+        "rewards/rejected": rewards_rejected,
+        "rewards/margins": rewards_chosen - rewards_rejected,
+        "rewards/accuracy": (rewards_chosen > rewards_rejected).float(),
+        "logps/chosen": scores.policy_chosen.detach(),
+        "logps/rejected": scores.policy_rejected.detach(),
+    }
+
+
+class PreferenceModule(LightningModule):
+    """Base of the preference methods: subclasses say how a batch is scored and how terms combine.
+
+    A subclass implements :meth:`score`, returning :class:`PairScores` per *condition* (the first is
+    the one the method is judged by; DPO has one, P-DPO adds the generic user), and may override
+    :meth:`combine` and :meth:`param_groups`.
+    """
+
+    def __init__(
+        self,
+        model: ModelSource,
+        tokenizer: str,
+        num_users: int = 0,
+        lora: LoraConfig | None = None,
+        loss: PreferenceLoss | None = None,
+        beta: float = 0.1,
+        nll_weight: float = 0.0,
+        reference_free: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        gradient_checkpointing: bool = False,
+        dtype: str | None = None,
+    ) -> None:
+        """
+        Args:
+            model: local Hugging Face model directory, or a transformers config dict with
+                ``model_type`` for a randomly initialised model.
+            tokenizer: local tokenizer directory (linked from the data module by the CLI).
+            num_users: users seen in training (linked from the data module by the CLI).
+            lora: a ``peft.LoraConfig`` to train adapters only; default: full fine-tuning.
+            loss: the preference loss (``plrlhf.losses.Sigmoid`` = DPO by default).
+            beta: inverse temperature of the implicit reward.
+            nll_weight: weight of an NLL term on the chosen response (0 = none).
+            reference_free: use no reference model (reference log-probs are 0).
+            optimizer: optimizer class and settings; receives the parameter groups.
+            lr_scheduler: learning-rate schedule, stepped every optimizer step.
+            gradient_checkpointing: recompute activations in backward to save memory.
+            dtype: parameter dtype of the loaded model (e.g. ``bfloat16``); default: float32.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer_path = tokenizer
+        self.num_users = num_users
+        self.beta = beta
+        self.nll_weight = nll_weight
+        self.loss_fn = loss if loss is not None else Sigmoid()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        tok = load_tokenizer(tokenizer)
+        hf_model = build_causal_lm(
+            model,
+            vocab_size=len(tok),
+            pad_token_id=tok.pad_token_id,
+            dtype=getattr(torch, dtype) if dtype else None,
+        )
+        if gradient_checkpointing:
+            hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = Policy(hf_model, lora=lora, reference_free=reference_free)
+        self.metrics = nn.ModuleDict({stage: self._new_metrics() for stage in ("val", "test")})
+
+    # -- what subclasses define ------------------------------------------------------------------
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Names of the conditions :meth:`score` returns; the first is the method's own."""
+        return ("policy",)
+
+    def score(self, batch: Batch) -> dict[str, PairScores]:
+        raise NotImplementedError
+
+    def combine(self, values: dict[str, dict[str, Tensor]]) -> Tensor:
+        """The training objective from per-condition, per-pair values (default: mean loss)."""
+        return values[self.conditions[0]]["loss"].mean()
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters as optimizer groups; subclasses add their own (e.g. user model)."""
+        return [{"params": [p for p in self.policy.parameters() if p.requires_grad], "name": "policy"}]
+
+    # -- shared machinery ------------------------------------------------------------------------
+    def _new_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({c: PreferenceMetrics() for c in self.conditions})
+
+    def reference_logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Reference log-probs of the ``2B`` rows, split into (chosen, rejected)."""
+        ref, _ = self.policy.reference_logps(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        return ref.chunk(2)
+
+    def _values(self, batch: Batch) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
+        scores = self.score(batch)
+        values = {c: preference_values(s, self.loss_fn, self.beta) for c, s in scores.items()}
+        objective = self.combine(values)
+        if self.nll_weight:
+            main = scores[self.conditions[0]]
+            nll = -main.policy_chosen.sum() / main.n_chosen.sum().clamp(min=1)
+            objective = objective + self.nll_weight * nll
+        return objective, values
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        objective, values = self._values(batch)
+        batch_size = batch["user_ids"].shape[0]
+        self.log("train/loss", objective, prog_bar=True, batch_size=batch_size)
+        main = values[self.conditions[0]]
+        for name in ("rewards/accuracy", "rewards/margins", "rewards/chosen", "rewards/rejected"):
+            self.log(f"train/{name}", main[name].mean(), batch_size=batch_size)
+        return objective
+
+    def _eval_step(self, stage: str, batch: Batch) -> None:
+        _, values = self._values(batch)
+        for condition, v in values.items():
+            self.metrics[stage][condition].update(v, batch["user_ids"], batch["user_keys"], batch["group_keys"])
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        user_names = getattr(self._datamodule(), "user_names", None)
+        group_names = getattr(self._datamodule(), "group_names", None)
+        for i, condition in enumerate(self.conditions):
+            metrics = self.metrics[stage][condition]
+            prefix = stage if i == 0 else f"{stage}/{condition}"
+            computed = metrics.compute(user_names, group_names)
+            for name, value in computed.items():
+                # Per-key values are already reduced across processes by the metric.
+                self.log(f"{prefix}/{name}", value, prog_bar=(i == 0 and name == "rewards/accuracy"),
+                         sync_dist=False, rank_zero_only=False)
+            metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """Implicit rewards of each triple under every condition, one dict per triple."""
+        _, values = self._values(batch)
+        rows = []
+        for i in range(batch["user_ids"].shape[0]):
+            row: dict[str, Any] = {"user_key": int(batch["user_keys"][i]), "user_index": int(batch["user_ids"][i])}
+            for condition, v in values.items():
+                prefix = "" if condition == self.conditions[0] else f"{condition}/"
+                for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+                    row[prefix + name] = float(v[name][i])
+            rows.append(row)
+        return rows
+
+    def _datamodule(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.param_groups())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,22 @@
+"""Vanilla DPO: one policy for every user (Rafailov et al. 2023)."""
+
+from __future__ import annotations
+
+from plrlhf.methods.base import Batch, PairScores, PreferenceModule
+
+
+class DPO(PreferenceModule):
+    """Direct preference optimization, and its variants through ``loss`` (IPO, hinge, cDPO, ...).
+
+    Chosen and rejected responses run in one forward of ``2B`` rows; user ids are ignored, but
+    metrics are still reported per user and group, which shows whom a single policy serves.
+    """
+
+    def score(self, batch: Batch) -> dict[str, PairScores]:
+        logps, counts = self.policy.response_logps(
+            batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        )
+        ref_chosen, ref_rejected = self.reference_logps(batch)
+        policy_chosen, policy_rejected = logps.chunk(2)
+        n_chosen, n_rejected = counts.chunk(2)
+        return {"policy": PairScores(policy_chosen, policy_rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)}

@@ -1,0 +1,208 @@
+"""The language model being trained: loading, LoRA, soft-prompt injection and the reference.
+
+:class:`Policy` is a plain ``nn.Module`` holding a Hugging Face causal LM (optionally wrapped by
+peft) and knows how to score responses under it and under the reference model. Methods compose it;
+it knows nothing about Lightning, data files or users beyond "soft tokens to put in front".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from plrlhf.logprobs import sequence_logps
+
+ModelSource = str | dict[str, Any]
+
+
+def build_causal_lm(
+    source: ModelSource,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM from a local directory, or build one at random from a config dict.
+
+    Args:
+        source: a local Hugging Face model directory, or a transformers config as a dict with a
+            ``model_type`` key (e.g. ``{"model_type": "llama", "hidden_size": 64, ...}``).
+        vocab_size: the tokenizer's size; fills ``vocab_size`` of a config dict that lacks it, and
+            is checked against the model's embedding table.
+        pad_token_id: written into the model config so generation pads consistently.
+        dtype: parameter dtype (default: the checkpoint's, float32 for a config).
+    """
+    if isinstance(source, dict):
+        settings = dict(source)
+        model_type = settings.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("a model config dict needs 'model_type' (e.g. 'llama', 'gpt2', 'qwen2')")
+        if vocab_size is not None:
+            settings.setdefault("vocab_size", vocab_size)
+        config = AutoConfig.for_model(model_type, **settings)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        if not Path(source).is_dir():
+            raise FileNotFoundError(
+                f"model directory {source!r} not found; plrlhf never downloads at run time: "
+                "give a local Hugging Face directory or a config dict"
+            )
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    embedding_rows = model.get_input_embeddings().num_embeddings
+    if vocab_size is not None and embedding_rows < vocab_size:
+        raise ValueError(
+            f"the model has {embedding_rows} token embeddings but the tokenizer has {vocab_size} "
+            "tokens: model and tokenizer do not belong together"
+        )
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = pad_token_id
+    return model
+
+
+def prepend_soft_tokens(
+    embeds: Tensor, attention_mask: Tensor, soft_tokens: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Put ``soft_tokens`` in front of every row; return embeddings, mask and position ids.
+
+    Positions count attended tokens only (``cumsum(mask) - 1``), so the result is right for left and
+    right padding alike: with left padding the soft tokens sit before the pads and the prompt's
+    positions continue where the soft tokens end.
+
+    Args:
+        embeds: ``(B, T, d)`` token embeddings.
+        attention_mask: ``(B, T)``.
+        soft_tokens: ``(B, P, d)`` user tokens (``P`` may be 0).
+    """
+    soft_mask = attention_mask.new_ones(soft_tokens.shape[:2])
+    embeds = torch.cat([soft_tokens.to(embeds.dtype), embeds], dim=1)
+    attention_mask = torch.cat([soft_mask, attention_mask], dim=1)
+    return embeds, attention_mask, positions_from_mask(attention_mask)
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids that skip padding: 0 for the first attended token of each row."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Policy(nn.Module):
+    """A causal LM with its reference, scoring responses.
+
+    The reference is chosen by how the model is trained: with LoRA it is the same network with the
+    adapters disabled (no second copy of the weights); in full fine-tuning a frozen copy made at
+    construction; with ``reference_free`` there is none and reference log-probs are zero.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        lora: LoraConfig | None = None,
+        reference_free: bool = False,
+    ) -> None:
+        super().__init__()
+        self.reference_free = reference_free
+        self.reference: PreTrainedModel | None = None
+        if lora is not None:
+            lora = copy.deepcopy(lora)
+            lora.task_type = lora.task_type or "CAUSAL_LM"
+            self.lm: PreTrainedModel | PeftModel = get_peft_model(model, lora)
+        else:
+            self.lm = model
+            if not reference_free:
+                self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The Hugging Face model (LoRA layers injected, if any)."""
+        return self.lm.get_base_model() if isinstance(self.lm, PeftModel) else self.lm
+
+    @property
+    def uses_lora(self) -> bool:
+        return isinstance(self.lm, PeftModel)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.hf_model.get_input_embeddings()(input_ids)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hf_model.get_input_embeddings().embedding_dim
+
+    def train(self, mode: bool = True) -> Policy:
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # dropout never applies to the reference
+        return self
+
+    def response_logps(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_mask: Tensor,
+        soft_tokens: Tensor | None = None,
+        embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Summed log-probs of the response tokens of each row under the policy, and their count.
+
+        Args:
+            input_ids: ``(B, T)``.
+            attention_mask: ``(B, T)``.
+            response_mask: ``(B, T)`` bool, True on response tokens.
+            soft_tokens: optional ``(B, P, d)`` user tokens prepended to the embeddings.
+            embeds: the embeddings of ``input_ids`` when the caller already has them.
+        """
+        return _score(self.hf_model, input_ids, attention_mask, response_mask, soft_tokens, embeds)
+
+    @torch.no_grad()
+    def reference_logps(
+        self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Like :meth:`response_logps` under the reference model (never with user tokens)."""
+        if self.reference_free:
+            counts = response_mask[:, 1:].sum(-1)
+            return torch.zeros(input_ids.shape[0], device=input_ids.device), counts
+        with self._reference_model() as model:
+            return _score(model, input_ids, attention_mask, response_mask)
+
+    @contextlib.contextmanager
+    def _reference_model(self) -> Iterator[PreTrainedModel]:
+        if self.reference is not None:
+            yield self.reference
+        else:
+            assert isinstance(self.lm, PeftModel)
+            with self.lm.disable_adapter():
+                yield self.hf_model
+
+
+def _score(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    response_mask: Tensor,
+    soft_tokens: Tensor | None = None,
+    embeds: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    if embeds is None:
+        embeds = model.get_input_embeddings()(input_ids)
+    n_soft = 0
+    if soft_tokens is not None and soft_tokens.shape[1] > 0:
+        n_soft = soft_tokens.shape[1]
+        embeds, attention_mask, position_ids = prepend_soft_tokens(embeds, attention_mask, soft_tokens)
+    else:
+        position_ids = positions_from_mask(attention_mask)
+    # The decoder alone: the LM head runs later on response positions only.
+    hidden = model.base_model(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    ).last_hidden_state[:, n_soft:]
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return sequence_logps(hidden, input_ids, response_mask, model.get_output_embeddings(), softcap)
