@@ -5,7 +5,20 @@ rebuild them from a checkpoint.
 """
 
 from plrlhf.data import DataError, PreferenceDataModule, UserRegistry
-from plrlhf.methods import DPO, PreferenceModule
+from plrlhf.methods import DPO, PDPO, ClusterPDPO, IndividualPDPO, PreferenceModule
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
 
-__all__ = ["DPO", "DataError", "PreferenceDataModule", "PreferenceModule", "UserRegistry"]
+__all__ = [
+    "DPO",
+    "PDPO",
+    "ClusterPDPO",
+    "ClusterUserModel",
+    "DataError",
+    "IndividualPDPO",
+    "IndividualUserModel",
+    "PreferenceDataModule",
+    "PreferenceModule",
+    "UserModel",
+    "UserRegistry",
+]
 __version__ = "0.1.0"

@@ -19,7 +19,10 @@ class PlrlhfCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
         parser.link_arguments(
-            "data", "model.init_args.num_users", compute_fn=lambda data: data.num_users, apply_on="instantiate"
+            "data",
+            "model.init_args.num_users",
+            compute_fn=lambda data: data.num_users,
+            apply_on="instantiate",
         )
         parser.add_lightning_class_args(TestReport, "test_report")
 

@@ -15,24 +15,91 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-NAMES = ["Ana", "Ben", "Chloe", "David", "Ella", "Farid", "Grace", "Hugo", "Iris", "Jonas",
-         "Kira", "Leo", "Maya", "Nils", "Olga", "Pablo", "Rosa", "Sam", "Tara", "Yusuf"]
-PLACES = ["the library", "the harbour", "the old bakery", "the town hall", "the park",
-          "the train station", "the market", "the school garden", "the museum", "the river bank"]
-ACTIONS = ["painted a mural", "fixed a bicycle", "planted tomatoes", "baked bread",
-           "repaired the roof", "organised a concert", "cleaned the windows", "built a bench",
-           "read stories to children", "sold old books", "found a lost dog", "tested a new recipe"]
-DAYS = ["on Monday", "on Tuesday", "on Wednesday", "on Thursday", "on Friday", "on Saturday",
-        "on Sunday", "last week", "yesterday", "this morning"]
+NAMES = [
+    "Ana",
+    "Ben",
+    "Chloe",
+    "David",
+    "Ella",
+    "Farid",
+    "Grace",
+    "Hugo",
+    "Iris",
+    "Jonas",
+    "Kira",
+    "Leo",
+    "Maya",
+    "Nils",
+    "Olga",
+    "Pablo",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Yusuf",
+]
+PLACES = [
+    "the library",
+    "the harbour",
+    "the old bakery",
+    "the town hall",
+    "the park",
+    "the train station",
+    "the market",
+    "the school garden",
+    "the museum",
+    "the river bank",
+]
+ACTIONS = [
+    "painted a mural",
+    "fixed a bicycle",
+    "planted tomatoes",
+    "baked bread",
+    "repaired the roof",
+    "organised a concert",
+    "cleaned the windows",
+    "built a bench",
+    "read stories to children",
+    "sold old books",
+    "found a lost dog",
+    "tested a new recipe",
+]
+DAYS = [
+    "on Monday",
+    "on Tuesday",
+    "on Wednesday",
+    "on Thursday",
+    "on Friday",
+    "on Saturday",
+    "on Sunday",
+    "last week",
+    "yesterday",
+    "this morning",
+]
 MOODS = ["cheerful", "tired", "proud", "nervous", "relaxed", "busy", "curious", "calm"]
-WEATHER = ["it was raining", "the sun was out", "a cold wind was blowing", "the air was warm",
-           "fog covered the streets", "snow had just fallen"]
-RESULTS = ["Everyone liked the result.", "Some neighbours came to help.",
-           "It took longer than planned.", "A local paper wrote about it.",
-           "The work will continue next month.", "Nobody had expected it to go so well.",
-           "Children watched with great interest.", "It cost less than people feared."]
-REQUESTS = ["Summarize the note.", "Give a summary of this note.", "What happened? Summarize.",
-            "Write a summary of the note below."]
+WEATHER = [
+    "it was raining",
+    "the sun was out",
+    "a cold wind was blowing",
+    "the air was warm",
+    "fog covered the streets",
+    "snow had just fallen",
+]
+RESULTS = [
+    "Everyone liked the result.",
+    "Some neighbours came to help.",
+    "It took longer than planned.",
+    "A local paper wrote about it.",
+    "The work will continue next month.",
+    "Nobody had expected it to go so well.",
+    "Children watched with great interest.",
+    "It cost less than people feared.",
+]
+REQUESTS = [
+    "Summarize the note.",
+    "Give a summary of this note.",
+    "What happened? Summarize.",
+    "Write a summary of the note below.",
+]
 
 
 @dataclass(frozen=True)
@@ -46,8 +113,10 @@ class _Story:
     results: tuple[str, str]
 
     def note(self) -> str:
-        return (f"{self.name} {self.action} at {self.place} {self.day}. {self.weather.capitalize()}, "
-                f"and {self.name} felt {self.mood}. {self.results[0]} {self.results[1]}")
+        return (
+            f"{self.name} {self.action} at {self.place} {self.day}. {self.weather.capitalize()}, "
+            f"and {self.name} felt {self.mood}. {self.results[0]} {self.results[1]}"
+        )
 
     def summary(self, sentences: int) -> str:
         """A summary of 1 to 4 sentences; more sentences tell more of the note."""
@@ -62,8 +131,15 @@ class _Story:
 
 
 def _story(rng: random.Random) -> _Story:
-    return _Story(rng.choice(NAMES), rng.choice(ACTIONS), rng.choice(PLACES), rng.choice(DAYS),
-                  rng.choice(MOODS), rng.choice(WEATHER), tuple(rng.sample(RESULTS, 2)))
+    return _Story(
+        rng.choice(NAMES),
+        rng.choice(ACTIONS),
+        rng.choice(PLACES),
+        rng.choice(DAYS),
+        rng.choice(MOODS),
+        rng.choice(WEATHER),
+        tuple(rng.sample(RESULTS, 2)),
+    )
 
 
 def _triple(rng: random.Random, user: str, prefers_longer: bool, group: str) -> dict[str, str]:
@@ -72,8 +148,13 @@ def _triple(rng: random.Random, user: str, prefers_longer: bool, group: str) -> 
     short_text, long_text = story.summary(short), story.summary(long)
     chosen, rejected = (long_text, short_text) if prefers_longer else (short_text, long_text)
     prompt = f"{rng.choice(REQUESTS)}\nNote: {story.note()}\nSummary:"
-    return {"user_id": user, "group": group, "prompt": prompt, "chosen": " " + chosen,
-            "rejected": " " + rejected}
+    return {
+        "user_id": user,
+        "group": group,
+        "prompt": prompt,
+        "chosen": " " + chosen,
+        "rejected": " " + rejected,
+    }
 
 
 def make_length_task(

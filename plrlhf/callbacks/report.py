@@ -16,18 +16,30 @@ class TestReport(Callback):
 
     Works with any module that logs ``test/...`` metrics; the table is built from names of the form
     ``test[/<condition>]/rewards/{accuracy,margins}/{user,group}/<name>`` and ``.../seen|unseen``.
+    A stored ``test_metrics.json`` of another run (say, vanilla DPO on the same data) can be shown
+    beside it.
     """
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, filename: str = METRICS_FILE, print_table: bool = True) -> None:
+    def __init__(
+        self,
+        filename: str = METRICS_FILE,
+        print_table: bool = True,
+        compare_with: str | None = None,
+        compare_label: str = "reference",
+    ) -> None:
         """
         Args:
             filename: file in the run's log directory that receives the metrics.
             print_table: print the per-user table at the end of testing.
+            compare_with: a ``test_metrics.json`` of another run to show beside this one.
+            compare_label: column label of that run.
         """
         self.filename = filename
         self.print_table = print_table
+        self.compare_with = compare_with
+        self.compare_label = compare_label
         self.path: Path | None = None
         self._table: str | None = None
 
@@ -43,7 +55,10 @@ class TestReport(Callback):
         log_dir.mkdir(parents=True, exist_ok=True)
         self.path = log_dir / self.filename
         self.path.write_text(json.dumps(metrics, indent=1))
-        self._table = format_table(metrics)
+        reference = None
+        if self.compare_with is not None:
+            reference = (self.compare_label, json.loads(Path(self.compare_with).read_text()))
+        self._table = format_table(metrics, reference)
 
     @rank_zero_only
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -54,47 +69,54 @@ class TestReport(Callback):
             self._table = None
 
 
-def format_table(metrics: dict[str, float], stage: str = "test") -> str:
+def format_table(
+    metrics: dict[str, float],
+    reference: tuple[str, dict[str, float]] | None = None,
+    stage: str = "test",
+) -> str:
     """A plain-text table: one row per user, then per group, seen/unseen and overall.
 
-    Columns are the reward accuracy and margin of each condition found (the method's own first,
-    then e.g. ``generic`` for the generic user of a personalized method), and the pair count.
+    Columns: pairs, then accuracy and margin of each condition found (the method's own first, then
+    e.g. ``generic``: the generic user on the same triples), then the reference run's accuracy.
     """
-    conditions = [""] + sorted(
-        {n[len(stage) + 1 :].split("/rewards/")[0] for n in metrics if "/rewards/" in n[len(stage) + 1 :]}
-    )
-
-    def get(condition: str, name: str) -> float | None:
-        key = f"{stage}/{condition + '/' if condition else ''}{name}"
-        return metrics.get(key)
-
-    def section(kind: str) -> list[str]:
-        prefix = f"{stage}/rewards/accuracy/{kind}/"
-        return [n[len(prefix) :] for n in metrics if n.startswith(prefix)]
+    own = sorted({n.split("/rewards/")[0] for n in metrics if "/rewards/" in n})
+    columns = [(c[len(stage) + 1 :] if c != stage else "", metrics, c + "/") for c in own]
+    columns.sort(key=lambda c: c[0] != "")
+    if reference is not None:
+        columns.append((reference[0], reference[1], f"{stage}/"))
 
     header = ["", "pairs"]
-    for condition in conditions:
-        label = condition or "accuracy"
-        header += [label if condition == "" else f"{label} acc", "margin" if condition == "" else f"{label} margin"]
+    for label, _, _ in columns:
+        header += [
+            f"{label} acc".strip() if label else "accuracy",
+            f"{label} margin".strip() if label else "margin",
+        ]
     rows: list[list[str]] = []
-
-    def row(label: str, suffix: str, count: float | None) -> None:
+    for label, suffix, count in _row_keys(metrics, stage):
         cells = [label, "" if count is None else str(int(count))]
-        for condition in conditions:
+        for _, source, prefix in columns:
             for kind in ("accuracy", "margins"):
-                value = get(condition, f"rewards/{kind}{suffix}")
+                value = source.get(f"{prefix}rewards/{kind}{suffix}")
                 cells.append("" if value is None else f"{value:.3f}")
         rows.append(cells)
-
-    for user in section("user"):
-        row(f"user {user}", f"/user/{user}", metrics.get(f"{stage}/count/user/{user}"))
-    for group in section("group"):
-        row(f"group {group}", f"/group/{group}", metrics.get(f"{stage}/count/group/{group}"))
-    for split in ("seen", "unseen"):
-        if get("", f"rewards/accuracy/{split}") is not None:
-            row(f"{split} users", f"/{split}", None)
-    row("all", "", None)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def _row_keys(metrics: dict[str, float], stage: str) -> list[tuple[str, str, float | None]]:
+    """(label, metric-name suffix, pair count) for each row of the table."""
+    rows = []
+    for kind in ("user", "group"):
+        prefix = f"{stage}/rewards/accuracy/{kind}/"
+        for name in (n[len(prefix) :] for n in metrics if n.startswith(prefix)):
+            rows.append((f"{kind} {name}", f"/{kind}/{name}", metrics.get(f"{stage}/count/{kind}/{name}")))
+    for split in ("seen", "unseen"):
+        if f"{stage}/rewards/accuracy/{split}" in metrics:
+            rows.append((f"{split} users", f"/{split}", None))
+    rows.append(("all", "", None))
+    return rows

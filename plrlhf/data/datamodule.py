@@ -94,7 +94,9 @@ class PreferenceDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         if max_prompt_length >= max_length:
-            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+            raise ValueError(
+                f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})"
+            )
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.fields = Fields(prompt_field, chosen_field, rejected_field, user_field, group_field)
@@ -163,11 +165,12 @@ class PreferenceDataModule(LightningDataModule):
         for split in _STAGE_SPLITS[stage]:
             if self.paths[split] and split not in self.datasets:
                 self.datasets[split] = self._load_split(split)
-        if stage == "fit" and self.trainer is not None and self.trainer.is_global_zero:
-            log_dir = self.trainer.log_dir
-            if log_dir is not None:
-                Path(log_dir).mkdir(parents=True, exist_ok=True)
-                self.registry.save(Path(log_dir) / REGISTRY_FILE)
+        trainer = self.trainer
+        # Without a logger there is no run directory; checkpoints still carry the registry.
+        if stage == "fit" and trainer is not None and trainer.loggers and trainer.is_global_zero:
+            log_dir = Path(trainer.log_dir)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.registry.save(log_dir / REGISTRY_FILE)
 
     def _load_split(self, split: Split) -> list[EncodedTriple]:
         examples, stats = [], SplitStats()
@@ -225,7 +228,9 @@ class PreferenceDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if "validation" not in self.datasets:
+            return []  # validation is optional: Lightning skips an empty list
         return self._loader("validation", False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
@@ -240,14 +245,17 @@ class PreferenceDataModule(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = UserRegistry.from_state_dict(state_dict["user_registry"])
-        if self._registry is None or len(self._registry) == 0:
+        hint = f"pass --data.init_args.user_registry <log dir>/{REGISTRY_FILE} of the run that trained it"
+        if saved == self.registry:
+            return
+        if len(self.registry) == 0 and not self.datasets:
             self._registry = saved
-        elif saved != self._registry:
-            raise ValueError(
-                f"the checkpoint was trained with another user registry ({len(saved)} users) than the "
-                f"one built from the training files ({len(self._registry)} users); pass "
-                f"--data.init_args.user_registry <log dir>/{REGISTRY_FILE} of that run"
-            )
+            return
+        raise ValueError(
+            f"the checkpoint was trained with another user registry ({len(saved)} users) than the one "
+            f"this data module has ({len(self.registry)} users, from "
+            f"{self.user_registry_path or 'the training files'}); {hint}"
+        )
 
 
 class NameTable:

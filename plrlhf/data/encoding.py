@@ -95,8 +95,7 @@ def _text_or_messages(record: dict[str, Any], key: str, where: str, allow_missin
         return value
     raise DataError(
         where,
-        f"field {key!r} must be a string or a list of {{role, content}} messages, "
-        f"got {type(value).__name__}",
+        f"field {key!r} must be a string or a list of {{role, content}} messages, got {type(value).__name__}",
     )
 
 
@@ -115,7 +114,9 @@ def parse_record(located: Located, fields: Fields) -> _Parsed:
     chosen = _text_or_messages(record, fields.chosen, where)
     rejected = _text_or_messages(record, fields.rejected, where)
     if type(chosen) is not type(rejected):
-        raise DataError(where, f"{fields.chosen!r} and {fields.rejected!r} must both be text or both messages")
+        raise DataError(
+            where, f"{fields.chosen!r} and {fields.rejected!r} must both be text or both messages"
+        )
     return _Parsed(
         prompt=_text_or_messages(record, fields.prompt, where),
         chosen=chosen,
@@ -148,9 +149,7 @@ def render(
     response_messages = (
         [{"role": "assistant", "content": response}] if isinstance(response, str) else response
     )
-    prompt_text = tokenizer.apply_chat_template(
-        prompt_messages, tokenize=False, add_generation_prompt=True
-    )
+    prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(prompt_messages + response_messages, tokenize=False)
     if not full_text.startswith(prompt_text):
         raise DataError(

@@ -81,7 +81,9 @@ def _read_array(path: Path) -> Iterator[Located]:
     try:
         records = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}", f"malformed JSON ({error.msg}, column {error.colno})") from None
+        raise DataError(
+            f"{path}:{error.lineno}", f"malformed JSON ({error.msg}, column {error.colno})"
+        ) from None
     for index, record in enumerate(records):
         where = f"{path}[record {index}]"
         yield Located(_as_object(record, where), where)

@@ -140,7 +140,9 @@ class PreferenceModule(LightningModule):
 
     def reference_logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Reference log-probs of the ``2B`` rows, split into (chosen, rejected)."""
-        ref, _ = self.policy.reference_logps(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        ref, _ = self.policy.reference_logps(
+            batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        )
         return ref.chunk(2)
 
     def _values(self, batch: Batch) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
@@ -165,7 +167,9 @@ class PreferenceModule(LightningModule):
     def _eval_step(self, stage: str, batch: Batch) -> None:
         _, values = self._values(batch)
         for condition, v in values.items():
-            self.metrics[stage][condition].update(v, batch["user_ids"], batch["user_keys"], batch["group_keys"])
+            self.metrics[stage][condition].update(
+                v, batch["user_ids"], batch["user_keys"], batch["group_keys"]
+            )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -182,8 +186,13 @@ class PreferenceModule(LightningModule):
             computed = metrics.compute(user_names, group_names)
             for name, value in computed.items():
                 # Per-key values are already reduced across processes by the metric.
-                self.log(f"{prefix}/{name}", value, prog_bar=(i == 0 and name == "rewards/accuracy"),
-                         sync_dist=False, rank_zero_only=False)
+                self.log(
+                    f"{prefix}/{name}",
+                    value,
+                    prog_bar=(i == 0 and name == "rewards/accuracy"),
+                    sync_dist=False,
+                    rank_zero_only=False,
+                )
             metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -197,10 +206,19 @@ class PreferenceModule(LightningModule):
         _, values = self._values(batch)
         rows = []
         for i in range(batch["user_ids"].shape[0]):
-            row: dict[str, Any] = {"user_key": int(batch["user_keys"][i]), "user_index": int(batch["user_ids"][i])}
+            row: dict[str, Any] = {
+                "user_key": int(batch["user_keys"][i]),
+                "user_index": int(batch["user_ids"][i]),
+            }
             for condition, v in values.items():
                 prefix = "" if condition == self.conditions[0] else f"{condition}/"
-                for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+                for name in (
+                    "rewards/chosen",
+                    "rewards/rejected",
+                    "rewards/margins",
+                    "logps/chosen",
+                    "logps/rejected",
+                ):
                     row[prefix + name] = float(v[name][i])
             rows.append(row)
         return rows

@@ -19,4 +19,8 @@ class DPO(PreferenceModule):
         ref_chosen, ref_rejected = self.reference_logps(batch)
         policy_chosen, policy_rejected = logps.chunk(2)
         n_chosen, n_rejected = counts.chunk(2)
-        return {"policy": PairScores(policy_chosen, policy_rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)}
+        return {
+            "policy": PairScores(
+                policy_chosen, policy_rejected, ref_chosen, ref_rejected, n_chosen, n_rejected
+            )
+        }

@@ -45,7 +45,9 @@ class KeyedMean(Metric):
             return {}
         unique, inverse = torch.unique(keys, return_inverse=True)
         counts = torch.bincount(inverse, minlength=len(unique))
-        sums = torch.zeros(len(unique), dtype=values.dtype, device=values.device).index_add(0, inverse, values)
+        sums = torch.zeros(len(unique), dtype=values.dtype, device=values.device).index_add(
+            0, inverse, values
+        )
         return {int(k): (float(s / c), int(c)) for k, s, c in zip(unique, sums, counts)}
 
 
@@ -88,7 +90,9 @@ class PreferenceMetrics(nn.Module):
             self.by_group[kind].update(group_keys, v)
             self.by_seen[kind].update(seen, v)
 
-    def compute(self, user_names: list[str] | None = None, group_names: list[str] | None = None) -> dict[str, float]:
+    def compute(
+        self, user_names: list[str] | None = None, group_names: list[str] | None = None
+    ) -> dict[str, float]:
         out = {name: float(self.means[_key(name)].compute()) for name in SCALARS}
         for kind in ("accuracy", "margins"):
             for key, (mean, count) in self.by_user[kind].compute().items():

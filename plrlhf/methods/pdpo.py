@@ -1,0 +1,169 @@
+"""Personalized DPO (P-DPO, Li, Lipton, Leqi 2024): a user model conditions the policy.
+
+For each triple ``(u, x, y_c, y_r)`` the policy scores both responses as user ``u`` and as the
+generic user 0, in one forward of ``4B`` rows; the reference scores them once, without user tokens,
+and serves both terms::
+
+    L = alpha * mean l(u) + (1 - alpha) * mean l(0)          (method.md, "The objective: P-DPO")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from plrlhf.methods.base import Batch, PairScores, PreferenceModule
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
+
+UserModelFactory = Callable[[int, int], UserModel]
+
+
+class PersonalizedPreferenceModule(PreferenceModule):
+    """Base of P-DPO methods: a policy conditioned on soft user tokens, and the alpha objective.
+
+    Subclasses say which user model to build (:meth:`build_user_model`). Metrics are reported for
+    the user's own condition (``<stage>/...``) and for the generic user on the same triples
+    (``<stage>/generic/...``): what an unknown user would get.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        alpha: float = 0.5,
+        user_model_lr: float | None = None,
+        user_model_weight_decay: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            alpha: weight of the personalized term; ``1 - alpha`` weights the generic user's term.
+            user_model_lr: learning rate of the user model (default: the optimizer's).
+            user_model_weight_decay: weight decay of the user model (the paper: 0).
+        """
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = alpha
+        self.user_model_lr = user_model_lr
+        self.user_model_weight_decay = user_model_weight_decay
+        self.user_model = self.build_user_model(self.num_users, self.policy.hidden_size)
+        self.user_model.initialize(self.policy.hf_model.get_input_embeddings().weight)
+
+    def build_user_model(self, num_users: int, hidden_size: int) -> UserModel:
+        raise NotImplementedError
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return ("user", "generic")
+
+    def score(self, batch: Batch) -> dict[str, PairScores]:
+        user_ids = batch["user_ids"]
+        generic = torch.zeros_like(user_ids)
+        # Rows: [chosen as u, rejected as u, chosen as 0, rejected as 0]; the 2B token rows are
+        # embedded once and shared by both user conditions.
+        soft_tokens = self.user_model(torch.cat([user_ids, user_ids, generic, generic]))
+        embeds = self.policy.embed(batch["input_ids"]).repeat(2, 1, 1)
+        logps, counts = self.policy.response_logps(
+            batch["input_ids"].repeat(2, 1),
+            batch["attention_mask"].repeat(2, 1),
+            batch["response_mask"].repeat(2, 1),
+            soft_tokens=soft_tokens,
+            embeds=embeds,
+        )
+        chosen_u, rejected_u, chosen_0, rejected_0 = logps.chunk(4)
+        n_chosen, n_rejected, _, _ = counts.chunk(4)
+        ref_chosen, ref_rejected = self.reference_logps(batch)
+        return {
+            "user": PairScores(chosen_u, rejected_u, ref_chosen, ref_rejected, n_chosen, n_rejected),
+            "generic": PairScores(chosen_0, rejected_0, ref_chosen, ref_rejected, n_chosen, n_rejected),
+        }
+
+    def combine(self, values: dict[str, dict[str, Tensor]]) -> Tensor:
+        return (
+            self.alpha * values["user"]["loss"].mean() + (1 - self.alpha) * values["generic"]["loss"].mean()
+        )
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        group: dict[str, Any] = {
+            "params": list(self.user_model.parameters()),
+            "weight_decay": self.user_model_weight_decay,
+            "name": "user_model",
+        }
+        if self.user_model_lr is not None:
+            group["lr"] = self.user_model_lr
+        return [*super().param_groups(), group]
+
+
+class PDPO(PersonalizedPreferenceModule):
+    """P-DPO with any user model, given by class path in the YAML (``num_users`` and
+    ``hidden_size`` are supplied at build time)."""
+
+    def __init__(self, *args: Any, user_model: UserModelFactory, **kwargs: Any) -> None:
+        """
+        Args:
+            user_model: a :class:`plrlhf.user_models.UserModel` class and its other arguments.
+        """
+        self._user_model_factory = user_model
+        super().__init__(*args, **kwargs)
+
+    def build_user_model(self, num_users: int, hidden_size: int) -> UserModel:
+        return self._user_model_factory(num_users, hidden_size)
+
+
+class IndividualPDPO(PersonalizedPreferenceModule):
+    """P-DPO with the individual user model ``e_u = e_0 + o_u`` (the paper's Example 2)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        n_user_tokens: int = 10,
+        generic_embedding: bool = True,
+        offset_init: Literal["zeros", "vocab"] = "zeros",
+        user_model_seed: int = 123,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            n_user_tokens: soft tokens per user, T_u.
+            generic_embedding: ``e_u = e_0 + o_u``; without it ``e_u = o_u``.
+            offset_init: user offsets start at ``zeros`` or as random ``vocab`` embeddings.
+            user_model_seed: seed of the vocabulary sampling.
+        """
+        self._user_model_args = dict(
+            n_tokens=n_user_tokens, generic=generic_embedding, offset_init=offset_init, seed=user_model_seed
+        )
+        super().__init__(*args, **kwargs)
+
+    def build_user_model(self, num_users: int, hidden_size: int) -> UserModel:
+        return IndividualUserModel(num_users, hidden_size, **self._user_model_args)
+
+
+class ClusterPDPO(PersonalizedPreferenceModule):
+    """P-DPO with the cluster user model: users mix ``K`` shared embeddings (Example 3)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        n_clusters: int = 5,
+        n_user_tokens: int = 10,
+        weight_init: Literal["normal", "zeros"] = "normal",
+        user_model_seed: int = 123,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            n_clusters: number of cluster embeddings, K.
+            n_user_tokens: soft tokens per cluster embedding, T_u.
+            weight_init: user mixture logits start ``normal`` (the paper's code) or ``zeros``.
+            user_model_seed: seed of the vocabulary sampling.
+        """
+        self._user_model_args = dict(
+            n_tokens=n_user_tokens, n_clusters=n_clusters, weight_init=weight_init, seed=user_model_seed
+        )
+        super().__init__(*args, **kwargs)
+
+    def build_user_model(self, num_users: int, hidden_size: int) -> UserModel:
+        return ClusterUserModel(num_users, hidden_size, **self._user_model_args)

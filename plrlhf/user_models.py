@@ -1,0 +1,150 @@
+"""User models: integer user ids ``(B,)`` to soft tokens ``(B, T_u, d)`` (method.md, "User models").
+
+Plain ``nn.Module``s with no knowledge of the LM beyond its hidden size. User 0 is the generic user,
+which serves every user not seen in training.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+
+class UserModel(nn.Module):
+    """Interface: ``forward(user_ids) -> (B, n_tokens, hidden_size)`` soft tokens.
+
+    A user model written elsewhere plugs in by class path when its ``__init__`` takes
+    ``num_users`` and ``hidden_size`` first; :meth:`initialize` receives the LM's token embedding
+    table once, before training, for initialisations that copy vocabulary embeddings.
+    """
+
+    n_tokens: int
+
+    def forward(self, user_ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def initialize(self, token_embeddings: Tensor) -> None:
+        """Called once with the LM's ``(V, d)`` input embedding table (default: nothing to do)."""
+
+
+def sample_vocabulary_rows(token_embeddings: Tensor, shape: tuple[int, ...], seed: int) -> Tensor:
+    """Rows of ``token_embeddings`` picked at random (seeded), reshaped to ``(*shape, d)``.
+
+    The paper's initialisation: soft tokens start as embeddings of real tokens, so they begin on
+    the scale the LM expects.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    count = 1
+    for n in shape:
+        count *= n
+    index = torch.randint(0, token_embeddings.shape[0], (count,), generator=generator)
+    rows = token_embeddings.detach().float().cpu()[index]
+    return rows.reshape(*shape, token_embeddings.shape[1])
+
+
+class IndividualUserModel(UserModel):
+    """One embedding per user: ``e_u = e_0 + o_u`` (``e_0`` for the generic user).
+
+    With ``generic=False`` the generic part is dropped: ``e_u = o_u``, and the generic user 0 has a
+    learned row of its own.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        hidden_size: int,
+        n_tokens: int = 10,
+        generic: bool = True,
+        offset_init: Literal["zeros", "vocab"] = "zeros",
+        seed: int = 123,
+    ) -> None:
+        """
+        Args:
+            num_users: users seen in training, N (rows 1..N; row 0 is the generic user).
+            hidden_size: the LM's embedding size, d.
+            n_tokens: soft tokens per user, T_u (the paper: 10).
+            generic: use a shared generic embedding plus per-user offsets.
+            offset_init: ``zeros`` (every user starts as the generic user) or ``vocab``
+                (random vocabulary embeddings, as the paper's code).
+            seed: seed of the vocabulary sampling.
+        """
+        super().__init__()
+        self.num_users = num_users
+        self.n_tokens = n_tokens
+        self.generic = generic
+        self.offset_init = offset_init
+        self.seed = seed
+        self.generic_tokens = nn.Parameter(torch.zeros(n_tokens, hidden_size)) if generic else None
+        self.offsets = nn.Embedding(num_users + 1, n_tokens * hidden_size)
+        nn.init.zeros_(self.offsets.weight)
+
+    def initialize(self, token_embeddings: Tensor) -> None:
+        with torch.no_grad():
+            if self.generic_tokens is not None:
+                self.generic_tokens.copy_(
+                    sample_vocabulary_rows(token_embeddings, (self.n_tokens,), self.seed)
+                )
+            if self.offset_init == "vocab" or self.generic_tokens is None:
+                rows = sample_vocabulary_rows(
+                    token_embeddings, (self.num_users + 1, self.n_tokens), self.seed + 1
+                )
+                self.offsets.weight.copy_(rows.flatten(1))
+
+    def forward(self, user_ids: Tensor) -> Tensor:
+        offsets = self.offsets(user_ids).view(user_ids.shape[0], self.n_tokens, -1)
+        if self.generic_tokens is None:
+            return offsets
+        # Row 0 is the generic user: no offset, and so no gradient into row 0.
+        is_user = (user_ids > 0).to(offsets.dtype)[:, None, None]
+        return self.generic_tokens + offsets * is_user
+
+
+class ClusterUserModel(UserModel):
+    """``K`` cluster embeddings mixed per user: ``e_u = sum_k softmax(w_u)_k V_k``.
+
+    The generic user 0 has its own weight row, learned like any user's.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        hidden_size: int,
+        n_tokens: int = 10,
+        n_clusters: int = 5,
+        weight_init: Literal["normal", "zeros"] = "normal",
+        seed: int = 123,
+    ) -> None:
+        """
+        Args:
+            num_users: users seen in training, N.
+            hidden_size: the LM's embedding size, d.
+            n_tokens: soft tokens per cluster embedding, T_u.
+            n_clusters: number of clusters, K (the paper: 10 for PRISM; code default 5).
+            weight_init: user logits start at PyTorch's default ``normal`` (the paper's code) or at
+                ``zeros`` (every user an even mixture).
+            seed: seed of the vocabulary sampling of the cluster embeddings.
+        """
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.n_clusters = n_clusters
+        self.seed = seed
+        self.clusters = nn.Parameter(torch.zeros(n_clusters, n_tokens, hidden_size))
+        self.user_logits = nn.Embedding(num_users + 1, n_clusters)
+        if weight_init == "zeros":
+            nn.init.zeros_(self.user_logits.weight)
+
+    def initialize(self, token_embeddings: Tensor) -> None:
+        with torch.no_grad():
+            self.clusters.copy_(
+                sample_vocabulary_rows(token_embeddings, (self.n_clusters, self.n_tokens), self.seed)
+            )
+
+    def weights(self, user_ids: Tensor) -> Tensor:
+        """``(B, K)`` mixture weights of the users (rows sum to 1)."""
+        return torch.softmax(self.user_logits(user_ids).float(), dim=-1)
+
+    def forward(self, user_ids: Tensor) -> Tensor:
+        weights = self.weights(user_ids).to(self.clusters.dtype)
+        return torch.einsum("bk,ktd->btd", weights, self.clusters)

@@ -1,0 +1,100 @@
+"""Shared fixtures: the bundled tokenizer, tiny models from config, small data files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = str(ROOT / "data" / "tokenizer")
+SYNTHETIC = ROOT / "data" / "synthetic"
+
+TINY_MODELS = {
+    "llama": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    },
+    "gpt2": {
+        "model_type": "gpt2",
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 4,
+        "n_positions": 512,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    },
+    "qwen2": {
+        "model_type": "qwen2",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    },
+    "gpt_neox": {
+        "model_type": "gpt_neox",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tokenizer_path() -> str:
+    return TOKENIZER
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def triple(
+    user="a",
+    prompt="Summarize the note.\nNote: Ana baked bread.\nSummary:",
+    chosen=" Ana baked bread.",
+    rejected=" Ana baked bread at the market on Monday.",
+    group=None,
+) -> dict:
+    row = {"user_id": user, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if group is not None:
+        row["group"] = group
+    return row
+
+
+def synthetic_rows(split: str, n: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (SYNTHETIC / f"{split}.jsonl").read_text().splitlines()]
+    return rows if n is None else rows[:n]
+
+
+def quiet_trainer(root, **kwargs):
+    """A CPU Trainer without logger, checkpoints or progress output."""
+    from lightning.pytorch import Trainer
+
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        accelerator="cpu",
+    )
+    return Trainer(**{**defaults, **kwargs})

@@ -1,0 +1,162 @@
+"""The command line as users run it: every shipped config, fit then test from the saved config."""
+
+import json
+
+import pytest
+
+from plrlhf.cli import main
+from tests.conftest import ROOT, synthetic_rows, write_jsonl
+
+CONFIGS = ROOT / "configs"
+# Fragments compose into a runnable config; GPU presets only parse here (their run is `gpu`).
+BASE = ["--config", str(CONFIGS / "trainer/cpu.yaml"), "--config", str(CONFIGS / "data/synthetic.yaml")]
+TINY = ["--config", str(CONFIGS / "model/tiny-llama.yaml")]
+FAST = ["--trainer.fast_dev_run", "2", "--trainer.logger", "false"]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)  # configs name data/ relative to the repository root
+
+
+def run(args):
+    main(args)
+
+
+@pytest.mark.parametrize("method", sorted(p.name for p in (CONFIGS / "method").glob("*.yaml")))
+def test_method_configs_run(method):
+    run(["fit", *BASE, "--config", str(CONFIGS / "method" / method), *TINY, *FAST])
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_top_level_configs_run(config, tmp_path):
+    run(["fit", "--config", str(CONFIGS / config), *FAST, "--trainer.default_root_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("trainer", sorted(p.name for p in (CONFIGS / "trainer").glob("*.yaml")))
+def test_trainer_presets_parse(trainer, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "trainer" / trainer),
+                "--config",
+                str(CONFIGS / "data/synthetic.yaml"),
+                "--config",
+                str(CONFIGS / "method/dpo.yaml"),
+                *TINY,
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code == 0
+    assert "class_path: plrlhf.DPO" in capsys.readouterr().out
+
+
+def test_unknown_key_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        run(
+            [
+                "fit",
+                *BASE,
+                "--config",
+                str(CONFIGS / "method/dpo.yaml"),
+                *TINY,
+                "--model.init_args.betta",
+                "0.2",
+            ]
+        )
+    assert "betta" in capsys.readouterr().err
+
+
+def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    users = ("user_0", "user_1", "user_4")
+    train = write_jsonl(
+        data / "train.jsonl", [r for r in synthetic_rows("train") if r["user_id"] in users][:48]
+    )
+    test = write_jsonl(
+        data / "test.jsonl", [r for r in synthetic_rows("test") if r["user_id"] in users + ("new_0",)][:40]
+    )
+    fit_args = [
+        "fit",
+        *BASE,
+        "--config",
+        str(CONFIGS / "method/individual_pdpo.yaml"),
+        *TINY,
+        "--data.init_args.train",
+        str(train),
+        "--data.init_args.validation",
+        "null",
+        "--data.init_args.test",
+        str(test),
+        "--trainer.max_steps",
+        "3",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(tmp_path),
+        "--trainer.logger.name",
+        "run",
+        "--trainer.logger.version",
+        "0",
+    ]
+    run(fit_args)
+    log_dir = tmp_path / "run" / "version_0"
+    assert sorted(json.loads((log_dir / "users.json").read_text())["users"]) == sorted(users)
+    (checkpoint,) = (log_dir / "checkpoints").glob("*.ckpt")
+    capsys.readouterr()
+    run(["test", "--config", str(log_dir / "config.yaml"), "--ckpt_path", str(checkpoint)])
+    metrics = json.loads((log_dir / "test_metrics.json").read_text())
+    for name in (
+        "test/loss",
+        "test/rewards/accuracy",
+        "test/rewards/margins",
+        "test/rewards/chosen",
+        "test/rewards/rejected",
+        "test/logps/chosen",
+        "test/logps/rejected",
+        "test/rewards/accuracy/user/user_0",
+        "test/rewards/accuracy/user/new_0",
+        "test/rewards/accuracy/group/minority",
+        "test/rewards/accuracy/seen",
+        "test/rewards/accuracy/unseen",
+        "test/generic/rewards/accuracy",
+    ):
+        assert name in metrics, name
+    table = capsys.readouterr().out
+    assert "user user_4" in table and "generic acc" in table
+
+    # The same number of users under other names would silently mix users up: refused.
+    other = tmp_path / "other-users.json"
+    other.write_text(json.dumps({"users": ["a", "b", "c"]}))
+    with pytest.raises(ValueError, match="another user registry"):
+        run(
+            [
+                "test",
+                "--config",
+                str(log_dir / "config.yaml"),
+                "--ckpt_path",
+                str(checkpoint),
+                "--data.init_args.user_registry",
+                str(other),
+            ]
+        )
+
+
+def test_external_user_model_by_class_path():
+    run(
+        [
+            "fit",
+            *BASE,
+            "--model",
+            "plrlhf.PDPO",
+            "--model.init_args.user_model",
+            "tests.test_methods.MeanUserModel",
+            "--model.init_args.user_model.init_args.n_tokens",
+            "3",
+            *TINY,
+            *FAST,
+        ]
+    )

@@ -1,0 +1,62 @@
+"""User models: shapes, the generic user, initialisation, cluster weights."""
+
+import torch
+from torch.testing import assert_close
+
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel, sample_vocabulary_rows
+
+VOCAB = torch.randn(50, 8)
+
+
+def test_individual_starts_every_user_as_the_generic_user():
+    model = IndividualUserModel(num_users=3, hidden_size=8, n_tokens=4)
+    model.initialize(VOCAB)
+    out = model(torch.tensor([0, 1, 3]))
+    assert out.shape == (3, 4, 8)
+    assert_close(out[1], out[0]) and assert_close(out[2], out[0])
+    # e_0 is made of real vocabulary rows
+    assert all(any(torch.equal(row, v) for v in VOCAB) for row in model.generic_tokens)
+
+
+def test_individual_offsets_are_per_user_and_generic_has_none():
+    model = IndividualUserModel(num_users=2, hidden_size=8, n_tokens=2)
+    model.initialize(VOCAB)
+    with torch.no_grad():
+        model.offsets.weight.fill_(1.0)
+    out = model(torch.tensor([0, 1, 2]))
+    assert_close(out[0], model.generic_tokens)
+    assert_close(out[1], model.generic_tokens + 1)
+    out.sum().backward()
+    assert model.offsets.weight.grad[0].abs().sum() == 0
+    assert model.offsets.weight.grad[1].abs().sum() > 0
+
+
+def test_individual_without_generic_part_learns_a_row_for_user_zero():
+    model = IndividualUserModel(num_users=2, hidden_size=8, n_tokens=2, generic=False)
+    model.initialize(VOCAB)
+    assert model.generic_tokens is None
+    out = model(torch.tensor([0, 1]))
+    assert not torch.equal(out[0], out[1])
+    out.sum().backward()
+    assert model.offsets.weight.grad[0].abs().sum() > 0
+
+
+def test_vocabulary_sampling_is_seeded():
+    a = sample_vocabulary_rows(VOCAB, (3, 2), seed=5)
+    assert a.shape == (3, 2, 8)
+    assert_close(a, sample_vocabulary_rows(VOCAB, (3, 2), seed=5))
+    assert not torch.equal(a, sample_vocabulary_rows(VOCAB, (3, 2), seed=6))
+
+
+def test_cluster_weights_sum_to_one_and_mix_clusters():
+    model = ClusterUserModel(num_users=4, hidden_size=8, n_tokens=3, n_clusters=5)
+    model.initialize(VOCAB)
+    users = torch.tensor([0, 1, 2, 3, 4])
+    weights = model.weights(users)
+    assert weights.shape == (5, 5)
+    assert_close(weights.sum(-1), torch.ones(5))
+    out = model(users)
+    assert out.shape == (5, 3, 8)
+    assert_close(out[2], torch.einsum("k,ktd->td", weights[2], model.clusters))
+    out.sum().backward()
+    assert model.user_logits.weight.grad[0].abs().sum() > 0  # the generic user's row is learned
