@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.report import TestReport
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.methods.base import PreferenceModule
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Saves ``config.yaml`` for ``fit`` only: evaluating a run with its saved config must not
+    replace that config with the evaluation's own (which ``fit`` could not read back)."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class PlrlhfCLI(LightningCLI):
@@ -25,6 +36,7 @@ class PlrlhfCLI(LightningCLI):
             apply_on="instantiate",
         )
         parser.add_lightning_class_args(TestReport, "test_report")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -34,6 +46,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
+        save_config_callback=SaveFitConfig,
         save_config_kwargs={"overwrite": True},
         args=args,
     )

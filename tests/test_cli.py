@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from plrlhf.cli import main
 from tests.conftest import ROOT, synthetic_rows, write_jsonl
@@ -31,6 +32,59 @@ def test_method_configs_run(method):
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_top_level_configs_run(config, tmp_path):
     run(["fit", "--config", str(CONFIGS / config), *FAST, "--trainer.default_root_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("experiment", sorted(p.name for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_experiment_configs_run(experiment, tmp_path):
+    run(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "method/individual_pdpo.yaml"),
+            "--config",
+            str(CONFIGS / "experiment" / experiment),
+            *FAST,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
+
+
+def test_lora_from_the_command_line():
+    run(
+        [
+            "fit",
+            *BASE,
+            "--config",
+            str(CONFIGS / "method/individual_pdpo.yaml"),
+            *TINY,
+            *FAST,
+            "--model.init_args.lora",
+            "peft.LoraConfig",
+            "--model.init_args.lora.r",
+            "4",
+            "--model.init_args.lora.target_modules",
+            "all-linear",
+        ]
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_bf16_preset_runs():
+    run(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "trainer/gpu-bf16.yaml"),
+            "--config",
+            str(CONFIGS / "data/synthetic.yaml"),
+            "--config",
+            str(CONFIGS / "method/individual_pdpo.yaml"),
+            *TINY,
+            *FAST,
+        ]
+    )
 
 
 @pytest.mark.parametrize("trainer", sorted(p.name for p in (CONFIGS / "trainer").glob("*.yaml")))
@@ -127,6 +181,24 @@ def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
         assert name in metrics, name
     table = capsys.readouterr().out
     assert "user user_4" in table and "generic acc" in table
+
+    run(
+        [
+            "predict",
+            "--config",
+            str(log_dir / "config.yaml"),
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.init_args.predict",
+            str(test),
+        ]
+    )
+    predictions = [json.loads(line) for line in (log_dir / "predictions.jsonl").read_text().splitlines()]
+    assert (
+        len(predictions) == 40
+        and predictions[0]["user_id"] == json.loads(test.read_text().splitlines()[0])["user_id"]
+    )
+    assert {"rewards/margins", "generic/rewards/margins", "logps/chosen"} <= set(predictions[0])
 
     # The same number of users under other names would silently mix users up: refused.
     other = tmp_path / "other-users.json"

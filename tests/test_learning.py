@@ -1,14 +1,18 @@
-"""Learning test: with conflicting users, P-DPO learns what vanilla DPO cannot."""
+"""Learning tests: with conflicting users, P-DPO learns what vanilla DPO cannot."""
 
+import functools
+
+import pytest
+import torch
 from lightning.pytorch import seed_everything
 
-from plrlhf import DPO, IndividualPDPO, PreferenceDataModule
+from plrlhf import DPO, ClusterPDPO, IndividualPDPO, PreferenceDataModule
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 MAJORITY, MINORITY = ("user_0", "user_2", "user_3"), ("user_1",)
 
 
-def train_and_test(method, tmp_path):
+def train_and_test(method, tmp_path, **method_args):
     seed_everything(0)
     users = MAJORITY + MINORITY
     train = [r for r in synthetic_rows("train") if r["user_id"] in users][:480]
@@ -25,7 +29,8 @@ def train_and_test(method, tmp_path):
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
         beta=0.1,
-        optimizer=lambda params: __import__("torch").optim.AdamW(params, lr=3e-3, weight_decay=0.0),
+        optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
+        **method_args,
     )
     trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(module, datamodule=dm)
@@ -46,3 +51,26 @@ def test_pdpo_serves_the_minority_and_dpo_does_not(tmp_path):
     assert (
         accuracy(pdpo, "majority", "test/generic") > 0.9 and accuracy(pdpo, "minority", "test/generic") < 0.1
     )
+
+
+def test_cluster_pdpo_serves_the_minority(tmp_path):
+    cluster = train_and_test(ClusterPDPO, tmp_path, n_clusters=5, user_model_lr=0.01)
+    assert accuracy(cluster, "majority") > 0.9 and accuracy(cluster, "minority") > 0.9
+
+
+@pytest.mark.slow
+def test_quickstart_serves_every_seen_user(tmp_path, monkeypatch):
+    """The README's quickstart, end to end: every seen user above 90%, minority included."""
+    import json
+
+    from plrlhf.cli import main
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    save = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    main(["fit", "--config", "configs/quickstart.yaml", *save])
+    run = tmp_path / "quickstart"
+    main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt")])
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    seen = [v for k, v in metrics.items() if k.startswith("test/rewards/accuracy/user/user_")]
+    assert len(seen) == 8 and min(seen) > 0.9

@@ -139,3 +139,12 @@ def test_model_and_tokenizer_mismatch_is_reported():
 def batch_seeded():
     torch.manual_seed(1)
     return batch()
+
+
+def test_loads_a_local_hugging_face_directory(tmp_path):
+    model = build_causal_lm(TINY_MODELS["qwen2"], vocab_size=VOCAB).eval()
+    model.save_pretrained(tmp_path / "model")
+    loaded = build_causal_lm(str(tmp_path / "model"), vocab_size=VOCAB, pad_token_id=3).eval()
+    ids, mask, response = batch_seeded()
+    assert_close(naive_logps(loaded, ids, mask, response), naive_logps(model, ids, mask, response))
+    assert loaded.config.pad_token_id == 3
