@@ -50,6 +50,30 @@ def test_experiment_configs_run(experiment, tmp_path):
     )
 
 
+def test_readme_custom_data_command_runs():
+    """The README's "Your data" command, with the bundled files standing in for the user's."""
+    run(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "trainer/cpu.yaml"),
+            "--config",
+            str(CONFIGS / "method/individual_pdpo.yaml"),
+            *TINY,
+            "--data",
+            "plrlhf.PreferenceDataModule",
+            "--data.init_args.tokenizer",
+            "data/tokenizer",
+            "--data.init_args.train",
+            "data/synthetic/train.jsonl",
+            "--data.init_args.validation",
+            "data/synthetic/validation.jsonl",
+            "--trainer.fast_dev_run",
+            "1",
+        ]
+    )
+
+
 def test_lora_from_the_command_line():
     run(
         [

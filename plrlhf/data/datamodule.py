@@ -167,10 +167,10 @@ class PreferenceDataModule(LightningDataModule):
                 self.datasets[split] = self._load_split(split)
         trainer = self.trainer
         # Without a logger there is no run directory; checkpoints still carry the registry.
-        if stage == "fit" and trainer is not None and trainer.loggers and trainer.is_global_zero:
-            log_dir = Path(trainer.log_dir)
-            log_dir.mkdir(parents=True, exist_ok=True)
-            self.registry.save(log_dir / REGISTRY_FILE)
+        log_dir = trainer.log_dir if trainer is not None and trainer.loggers else None
+        if stage == "fit" and log_dir is not None and trainer.is_global_zero:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.registry.save(Path(log_dir) / REGISTRY_FILE)
 
     def _load_split(self, split: Split) -> list[EncodedTriple]:
         examples, stats = [], SplitStats()
