@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,10 +176,26 @@ class Policy(nn.Module):
     def _reference_model(self) -> Iterator[PreTrainedModel]:
         if self.reference is not None:
             yield self.reference
-        else:
-            assert isinstance(self.lm, PeftModel)
+            return
+        assert isinstance(self.lm, PeftModel)
+        # The reference is deterministic: no dropout even while the policy trains.
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
             with self.lm.disable_adapter():
                 yield self.hf_model
+        finally:
+            self.lm.train(was_training)
+
+    def reference_fingerprint(self) -> str:
+        """A cheap checksum of the reference weights (names, shapes, sums), to key caches."""
+        digest = hashlib.sha256(str(self.reference_free).encode())
+        if not self.reference_free:
+            with self._reference_model() as model:
+                for name, p in model.named_parameters():
+                    if "lora_" not in name:
+                        digest.update(f"{name}{tuple(p.shape)}{p.detach().float().sum().item():.6e}".encode())
+        return digest.hexdigest()[:16]
 
 
 def _score(

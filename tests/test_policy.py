@@ -148,3 +148,15 @@ def test_loads_a_local_hugging_face_directory(tmp_path):
     ids, mask, response = batch_seeded()
     assert_close(naive_logps(loaded, ids, mask, response), naive_logps(model, ids, mask, response))
     assert loaded.config.pad_token_id == 3
+
+
+def test_lora_reference_runs_without_dropout_while_training():
+    policy = Policy(
+        build_causal_lm(TINY_MODELS["gpt2"], vocab_size=VOCAB),
+        lora=LoraConfig(r=4, target_modules="all-linear"),
+    )
+    policy.train()
+    first, _ = policy.reference_logps(*batch_seeded())
+    second, _ = policy.reference_logps(*batch_seeded())
+    assert_close(first, second)
+    assert policy.lm.training and policy.hf_model.transformer.h[0].attn.resid_dropout.training

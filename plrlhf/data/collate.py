@@ -21,6 +21,8 @@ class EncodedTriple:
     """Index into the data module's ``user_names`` (covers unseen users too), for metrics."""
     group_key: int
     """Index into the data module's ``group_names``; 0 means no group."""
+    index: int = 0
+    """Position in its split: keys precomputed per-example values such as reference log-probs."""
 
 
 def pad_rows(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
@@ -41,7 +43,7 @@ class PreferenceCollator:
 
     - ``input_ids``, ``attention_mask``: ``(2B, T)``, rows ``[prompt; response]``.
     - ``response_mask``: ``(2B, T)`` bool, True on response tokens (EOS included).
-    - ``user_ids``, ``user_keys``, ``group_keys``: ``(B,)`` long.
+    - ``user_ids``, ``user_keys``, ``group_keys``, ``index``: ``(B,)`` long.
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -61,4 +63,5 @@ class PreferenceCollator:
             "user_ids": torch.tensor([t.user_id for t in items], dtype=torch.long),
             "user_keys": torch.tensor([t.user_key for t in items], dtype=torch.long),
             "group_keys": torch.tensor([t.group_key for t in items], dtype=torch.long),
+            "index": torch.tensor([t.index for t in items], dtype=torch.long),
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,6 +161,19 @@ class PreferenceDataModule(LightningDataModule):
                     registry.add(user)
         return registry
 
+    def fingerprint(self, split: Split) -> str:
+        """A hash of everything that decides the token ids of a split: file contents, tokenizer
+        files, fields and length limits. Keys caches of per-example values (reference log-probs)."""
+        digest = hashlib.sha256()
+        settings = (self.fields, self.max_length, self.max_prompt_length)
+        digest.update(repr(settings).encode())
+        tokenizer_dir = Path(self.tokenizer_path)
+        for path in [*map(Path, self.paths[split]), *sorted(tokenizer_dir.iterdir())]:
+            if path.is_file():
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+        return digest.hexdigest()[:16]
+
     # -- Lightning hooks -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         for split in _STAGE_SPLITS[stage]:
@@ -205,6 +219,7 @@ class PreferenceDataModule(LightningDataModule):
                     user_id=self.registry.index(example.user),
                     user_key=self.user_keys.key(example.user),
                     group_key=self._group_keys.key(example.group),
+                    index=len(triples),
                 )
             )
         stats.unseen_users = len(unseen)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from peft import LoraConfig
 from torch import Tensor, nn
 
 from plrlhf.losses import PreferenceLoss, Sigmoid
 from plrlhf.methods.metrics import PreferenceMetrics
+from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
 from plrlhf.policy import ModelSource, Policy, build_causal_lm
 from plrlhf.tokenizer import load_tokenizer
 
@@ -79,6 +82,8 @@ class PreferenceModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         gradient_checkpointing: bool = False,
         dtype: str | None = None,
+        precompute_reference: bool = False,
+        reference_cache_dir: str | None = ".cache/plrlhf/reference",
     ) -> None:
         """
         Args:
@@ -95,6 +100,10 @@ class PreferenceModule(LightningModule):
             lr_scheduler: learning-rate schedule, stepped every optimizer step.
             gradient_checkpointing: recompute activations in backward to save memory.
             dtype: parameter dtype of the loaded model (e.g. ``bfloat16``); default: float32.
+            precompute_reference: score the training data under the reference once, before
+                training, so that training steps run no reference forward.
+            reference_cache_dir: where precomputed reference log-probs are kept, keyed by data,
+                tokenization and reference weights (``null``: recompute every run).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -115,6 +124,9 @@ class PreferenceModule(LightningModule):
         if gradient_checkpointing:
             hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = Policy(hf_model, lora=lora, reference_free=reference_free)
+        self.precompute_reference = precompute_reference and not reference_free
+        self.reference_cache_dir = reference_cache_dir
+        self.reference_table: Tensor | None = None
         self.metrics = nn.ModuleDict({stage: self._new_metrics() for stage in ("val", "test")})
 
     # -- what subclasses define ------------------------------------------------------------------
@@ -139,11 +151,47 @@ class PreferenceModule(LightningModule):
         return nn.ModuleDict({c: PreferenceMetrics() for c in self.conditions})
 
     def reference_logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Reference log-probs of the ``2B`` rows, split into (chosen, rejected)."""
+        """Reference log-probs of the triples (chosen, rejected): precomputed for training batches
+        when ``precompute_reference`` is on, else from a reference forward of the ``2B`` rows."""
+        if self.training and self.reference_table is not None:
+            values = self.reference_table[batch["index"]]
+            return values[:, 0], values[:, 1]
+        return self._reference_forward(batch)
+
+    def _reference_forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         ref, _ = self.policy.reference_logps(
             batch["input_ids"], batch["attention_mask"], batch["response_mask"]
         )
         return ref.chunk(2)
+
+    def on_fit_start(self) -> None:
+        if self.precompute_reference and self.reference_table is None:
+            self.reference_table = self._precomputed_reference()
+
+    def _precomputed_reference(self) -> Tensor:
+        trainer = self.trainer
+        datamodule = trainer.datamodule
+        loader = datamodule.train_dataloader()
+        path = None
+        if self.reference_cache_dir is not None and hasattr(datamodule, "fingerprint"):
+            key = cache_key(datamodule.fingerprint("train"), self.policy.reference_fingerprint())
+            path = Path(self.reference_cache_dir) / f"{key}.pt"
+
+        def compute() -> Tensor:
+            return compute_reference_table(
+                loader,
+                len(loader.dataset),
+                self._reference_forward,
+                self.device,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
+            )
+
+        table, from_disk = load_or_compute(path, compute, is_writer=trainer.is_global_zero)
+        source = "loaded from" if from_disk else "computed, saved to" if path else "computed"
+        rank_zero_info(f"reference log-probs of {len(table)} training triples {source} {path or ''}")
+        return table.to(self.device)
 
     def _values(self, batch: Batch) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
         scores = self.score(batch)
