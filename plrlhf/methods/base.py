@@ -14,7 +14,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from plrlhf.losses import PreferenceLoss, Sigmoid
-from plrlhf.methods.metrics import PreferenceMetrics
+from plrlhf.methods.metrics import SCALARS, PreferenceMetrics
 from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
 from plrlhf.policy import ModelSource, Policy, build_causal_lm
 from plrlhf.tokenizer import load_tokenizer
@@ -208,7 +208,7 @@ class PreferenceModule(LightningModule):
         batch_size = batch["user_ids"].shape[0]
         self.log("train/loss", objective, prog_bar=True, batch_size=batch_size)
         main = values[self.conditions[0]]
-        for name in ("rewards/accuracy", "rewards/margins", "rewards/chosen", "rewards/rejected"):
+        for name in SCALARS[1:]:  # the loss logged above is the full objective
             self.log(f"train/{name}", main[name].mean(), batch_size=batch_size)
         return objective
 
