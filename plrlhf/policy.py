@@ -19,7 +19,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from plrlhf.logprobs import sequence_logps
+from plrlhf.logprobs import sequence_logps, token_logps
+from plrlhf.packing import PAD_SEGMENT, tree_layout
 
 ModelSource = str | dict[str, Any]
 
@@ -161,6 +162,41 @@ class Policy(nn.Module):
         """
         return _score(self.hf_model, input_ids, attention_mask, response_mask, soft_tokens, embeds)
 
+    def tree_logps(
+        self,
+        input_ids: Tensor,
+        segments: Tensor,
+        parents: tuple[int, ...],
+        scored: tuple[int, ...],
+        soft_tokens: Tensor | None = None,
+        embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Summed log-probs of the tokens of each ``scored`` segment of tree-packed rows.
+
+        Args:
+            input_ids: ``(B, L)`` tree-packed rows (see :mod:`plrlhf.packing`).
+            segments: ``(B, L)`` segment ids; segment 0 is the root (the prompt).
+            parents: parent of each segment id.
+            scored: the segments whose tokens are scored, in output column order.
+            soft_tokens: optional ``(B, P, d)`` user tokens put in front, as part of the root.
+            embeds: the embeddings of ``input_ids`` when the caller already has them.
+
+        Returns:
+            ``(sums, counts)``, both ``(B, len(scored))``.
+        """
+        return _tree_score(self.hf_model, input_ids, segments, parents, scored, soft_tokens, embeds)
+
+    @torch.no_grad()
+    def reference_tree_logps(
+        self, input_ids: Tensor, segments: Tensor, parents: tuple[int, ...], scored: tuple[int, ...]
+    ) -> tuple[Tensor, Tensor]:
+        """Like :meth:`tree_logps` under the reference model (never with user tokens)."""
+        if self.reference_free:
+            _, counts = _scored_counts(segments, scored)
+            return torch.zeros(counts.shape, device=input_ids.device), counts
+        with self._reference_model() as model:
+            return _tree_score(model, input_ids, segments, parents, scored)
+
     @torch.no_grad()
     def reference_logps(
         self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
@@ -223,3 +259,53 @@ def _score(
     ).last_hidden_state[:, n_soft:]
     softcap = getattr(model.config, "final_logit_softcapping", None)
     return sequence_logps(hidden, input_ids, response_mask, model.get_output_embeddings(), softcap)
+
+
+def _scored_counts(segments: Tensor, scored: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Column of each token's segment in ``scored`` (-1 if not scored), and tokens per column."""
+    lookup = torch.full((int(segments.max()) + 2,), -1, dtype=torch.long, device=segments.device)
+    lookup[torch.tensor(scored, device=segments.device)] = torch.arange(len(scored), device=segments.device)
+    column = torch.where(segments == PAD_SEGMENT, -1, lookup[segments.clamp(min=0)])
+    counts = torch.stack([(column == k).sum(-1) for k in range(len(scored))], dim=-1)
+    return column, counts
+
+
+def _tree_score(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    segments: Tensor,
+    parents: tuple[int, ...],
+    scored: tuple[int, ...],
+    soft_tokens: Tensor | None = None,
+    embeds: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    if embeds is None:
+        embeds = model.get_input_embeddings()(input_ids)
+    if soft_tokens is not None and soft_tokens.shape[1] > 0:
+        prefix = soft_tokens.shape[:2]
+        embeds = torch.cat([soft_tokens.to(embeds.dtype), embeds], dim=1)
+        segments = torch.cat([segments.new_zeros(prefix), segments], dim=1)
+        input_ids = torch.cat([input_ids.new_zeros(prefix), input_ids], dim=1)
+    layout = tree_layout(segments, parents)
+    # A 4D mask reaches the attention kernels as given; with position ids alone transformers would
+    # infer packed sequences or plain causal attention instead.
+    hidden = model.base_model(
+        inputs_embeds=embeds,
+        attention_mask=layout.additive_mask(embeds.dtype),
+        position_ids=layout.position_ids,
+        use_cache=False,
+    ).last_hidden_state
+    column, counts = _scored_counts(segments, scored)
+    take = (column >= 0) & (layout.predictor >= 0)
+    rows, cols = torch.nonzero(take, as_tuple=True)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    logps = token_logps(
+        hidden[rows, layout.predictor[rows, cols]],
+        input_ids[rows, cols],
+        model.get_output_embeddings(),
+        softcap,
+    )
+    width = len(scored)
+    sums = torch.zeros(input_ids.shape[0] * width, dtype=logps.dtype, device=logps.device)
+    sums = sums.index_add(0, rows * width + column[rows, cols], logps).view(-1, width)
+    return sums, counts

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from plrlhf.losses import PreferenceLoss, Sigmoid
 from plrlhf.methods.metrics import SCALARS, PreferenceMetrics
 from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
+from plrlhf.packing import SHARED_PROMPT_PARENTS, pack_shared_prompt
 from plrlhf.policy import ModelSource, Policy, build_causal_lm
 from plrlhf.tokenizer import load_tokenizer
 
@@ -84,6 +85,7 @@ class PreferenceModule(LightningModule):
         dtype: str | None = None,
         precompute_reference: bool = False,
         reference_cache_dir: str | None = ".cache/plrlhf/reference",
+        shared_prompt: bool = False,
     ) -> None:
         """
         Args:
@@ -104,6 +106,9 @@ class PreferenceModule(LightningModule):
                 training, so that training steps run no reference forward.
             reference_cache_dir: where precomputed reference log-probs are kept, keyed by data,
                 tokenization and reference weights (``null``: recompute every run).
+            shared_prompt: run each prompt once for both responses (one row ``[prompt, chosen,
+                rejected]`` with a block attention mask) instead of once per response. Same
+                values, fewer tokens; needs a model that honours a 4D attention mask.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -127,6 +132,8 @@ class PreferenceModule(LightningModule):
         self.precompute_reference = precompute_reference and not reference_free
         self.reference_cache_dir = reference_cache_dir
         self.reference_table: Tensor | None = None
+        self.shared_prompt = shared_prompt
+        self.pad_token_id = tok.pad_token_id
         self.metrics = nn.ModuleDict({stage: self._new_metrics() for stage in ("val", "test")})
 
     # -- what subclasses define ------------------------------------------------------------------
@@ -159,10 +166,59 @@ class PreferenceModule(LightningModule):
         return self._reference_forward(batch)
 
     def _reference_forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        if self.shared_prompt:
+            ids, segments = self._shared_rows(batch)
+            sums, _ = self.policy.reference_tree_logps(ids, segments, SHARED_PROMPT_PARENTS, (1, 2))
+            return sums[:, 0], sums[:, 1]
         ref, _ = self.policy.reference_logps(
             batch["input_ids"], batch["attention_mask"], batch["response_mask"]
         )
         return ref.chunk(2)
+
+    def _shared_rows(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        return pack_shared_prompt(
+            batch["input_ids"], batch["attention_mask"], batch["response_mask"], self.pad_token_id
+        )
+
+    def policy_logps(
+        self, batch: Batch, soft_tokens: list[Tensor] | None = None
+    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Policy log-probs of every triple's (chosen, rejected) responses and their token counts.
+
+        With ``soft_tokens`` (one ``(B, P, d)`` tensor per user condition) the responses are scored
+        once per condition, all conditions in one forward; the token rows are embedded once.
+        Returns one ``(chosen, rejected, n_chosen, n_rejected)`` tuple per condition.
+        """
+        conditions = len(soft_tokens) if soft_tokens else 1
+        if self.shared_prompt:
+            ids, segments = self._shared_rows(batch)
+            rows_per_condition = 1
+        else:
+            ids, segments = batch["input_ids"], None
+            rows_per_condition = 2  # chosen rows, then rejected rows, share the condition's tokens
+        embeds = self.policy.embed(ids).repeat(conditions, 1, 1)
+        soft = None
+        if soft_tokens:
+            soft = torch.cat([t.repeat(rows_per_condition, 1, 1) for t in soft_tokens])
+        if segments is not None:
+            sums, counts = self.policy.tree_logps(
+                ids.repeat(conditions, 1),
+                segments.repeat(conditions, 1),
+                SHARED_PROMPT_PARENTS,
+                (1, 2),
+                soft_tokens=soft,
+                embeds=embeds,
+            )
+            parts = zip(sums.chunk(conditions), counts.chunk(conditions))
+            return [(s[:, 0], s[:, 1], n[:, 0], n[:, 1]) for s, n in parts]
+        logps, counts = self.policy.response_logps(
+            ids.repeat(conditions, 1),
+            batch["attention_mask"].repeat(conditions, 1),
+            batch["response_mask"].repeat(conditions, 1),
+            soft_tokens=soft,
+            embeds=embeds,
+        )
+        return [(*s.chunk(2), *n.chunk(2)) for s, n in zip(logps.chunk(conditions), counts.chunk(conditions))]
 
     def on_fit_start(self) -> None:
         if self.precompute_reference and self.reference_table is None:

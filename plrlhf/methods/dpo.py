@@ -13,14 +13,6 @@ class DPO(PreferenceModule):
     """
 
     def score(self, batch: Batch) -> dict[str, PairScores]:
-        logps, counts = self.policy.response_logps(
-            batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-        )
+        ((chosen, rejected, n_chosen, n_rejected),) = self.policy_logps(batch)
         ref_chosen, ref_rejected = self.reference_logps(batch)
-        policy_chosen, policy_rejected = logps.chunk(2)
-        n_chosen, n_rejected = counts.chunk(2)
-        return {
-            "policy": PairScores(
-                policy_chosen, policy_rejected, ref_chosen, ref_rejected, n_chosen, n_rejected
-            )
-        }
+        return {"policy": PairScores(chosen, rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)}

@@ -61,24 +61,13 @@ class PersonalizedPreferenceModule(PreferenceModule):
 
     def score(self, batch: Batch) -> dict[str, PairScores]:
         user_ids = batch["user_ids"]
-        generic = torch.zeros_like(user_ids)
-        # Rows: [chosen as u, rejected as u, chosen as 0, rejected as 0]; the 2B token rows are
-        # embedded once and shared by both user conditions.
-        soft_tokens = self.user_model(torch.cat([user_ids, user_ids, generic, generic]))
-        embeds = self.policy.embed(batch["input_ids"]).repeat(2, 1, 1)
-        logps, counts = self.policy.response_logps(
-            batch["input_ids"].repeat(2, 1),
-            batch["attention_mask"].repeat(2, 1),
-            batch["response_mask"].repeat(2, 1),
-            soft_tokens=soft_tokens,
-            embeds=embeds,
-        )
-        chosen_u, rejected_u, chosen_0, rejected_0 = logps.chunk(4)
-        n_chosen, n_rejected, _, _ = counts.chunk(4)
+        personal, generic = self.user_model(torch.cat([user_ids, torch.zeros_like(user_ids)])).chunk(2)
+        # Both user conditions in one forward; one reference value serves both terms.
+        scored = self.policy_logps(batch, soft_tokens=[personal, generic])
         ref_chosen, ref_rejected = self.reference_logps(batch)
         return {
-            "user": PairScores(chosen_u, rejected_u, ref_chosen, ref_rejected, n_chosen, n_rejected),
-            "generic": PairScores(chosen_0, rejected_0, ref_chosen, ref_rejected, n_chosen, n_rejected),
+            name: PairScores(chosen, rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)
+            for name, (chosen, rejected, n_chosen, n_rejected) in zip(("user", "generic"), scored)
         }
 
     def combine(self, values: dict[str, dict[str, Tensor]]) -> Tensor:

@@ -1,0 +1,106 @@
+"""Shared-prefix ("tree") layouts: one row carries a prompt once and several continuations of it.
+
+Chosen and rejected responses share their prompt (and, in P-DPO, the user's soft tokens). Instead
+of running the prompt twice, a row holds ``[prompt, chosen, rejected]`` and a block attention mask
+lets each response see the prompt and itself but not the other response; positions restart where
+the prompt ends, so each response sees exactly what it would in a row of its own.
+
+Every token carries a *segment* id; ``parents[s]`` is the segment that segment ``s`` continues
+(``-1`` for a root). A token sees the earlier tokens of its own segment and of its ancestors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PAD_SEGMENT = -1
+# [prompt, chosen, rejected]: both responses continue the prompt.
+SHARED_PROMPT_PARENTS = (-1, 0, 0)
+
+
+@dataclass
+class TreeLayout:
+    """Attention and scoring structure of a batch of tree-packed rows."""
+
+    visible: Tensor
+    """``(B, L, L)`` bool: query ``i`` may attend key ``j``."""
+    position_ids: Tensor
+    """``(B, L)``: depth of each token along its own path (0 at the first prefix token)."""
+    predictor: Tensor
+    """``(B, L)``: index of the token whose hidden state predicts this one (-1 if none)."""
+
+    def additive_mask(self, dtype: torch.dtype) -> Tensor:
+        """``(B, 1, L, L)`` additive float mask. ``finfo.min`` rather than ``-inf`` keeps fully
+        masked (padding) rows finite, and eager attention adds a bool mask instead of applying it."""
+        mask = torch.zeros(self.visible.shape, dtype=dtype, device=self.visible.device)
+        return mask.masked_fill_(~self.visible, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def ancestor_table(parents: tuple[int, ...], device: torch.device | None = None) -> Tensor:
+    """``(S, S)`` bool: ``table[q, k]`` when segment ``k`` is ``q`` or one of its ancestors."""
+    n = len(parents)
+    table = torch.zeros(n, n, dtype=torch.bool)
+    for segment in range(n):
+        node = segment
+        while node != -1:
+            table[segment, node] = True
+            node = parents[node]
+    return table.to(device)
+
+
+def tree_layout(segments: Tensor, parents: tuple[int, ...]) -> TreeLayout:
+    """Attention mask, positions and predictors of rows whose tokens carry ``segments``.
+
+    Args:
+        segments: ``(B, L)`` segment id per token, ``PAD_SEGMENT`` on padding.
+        parents: parent segment of each segment id.
+    """
+    batch, length = segments.shape
+    device = segments.device
+    table = ancestor_table(parents, device)
+    valid = segments != PAD_SEGMENT
+    seg = segments.clamp(min=0)
+    related = table[seg[:, :, None], seg[:, None, :]]  # (B, L, L): key segment is an ancestor
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    visible = related & causal & valid[:, None, :] & valid[:, :, None]
+    # Every query sees itself, so that padding rows stay finite under softmax.
+    visible |= torch.eye(length, dtype=torch.bool, device=device)
+    position_ids = (visible.sum(-1) - 1).clamp(min=0)
+    earlier = visible & ~torch.eye(length, dtype=torch.bool, device=device)
+    index = torch.arange(length, device=device)
+    predictor = torch.where(earlier, index, -1).amax(-1)
+    return TreeLayout(visible, position_ids, predictor)
+
+
+def pack_shared_prompt(
+    input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, pad_token_id: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Re-pack ``2B`` right-padded rows ``[prompt; response]`` (chosen rows first, then rejected,
+    as :class:`plrlhf.data.collate.PreferenceCollator` makes them) into ``B`` rows
+    ``[prompt, chosen, rejected]``.
+
+    Returns ``(input_ids, segments)`` of shape ``(B, L)`` with segments 0 (prompt), 1 (chosen),
+    2 (rejected) and ``PAD_SEGMENT``.
+    """
+    chosen_ids, rejected_ids = input_ids.chunk(2)
+    chosen_resp, rejected_resp = response_mask.chunk(2)
+    n_chosen = chosen_resp.sum(-1)
+    n_rejected = rejected_resp.sum(-1)
+    prompt_len = attention_mask.chunk(2)[0].sum(-1) - n_chosen
+    total = prompt_len + n_chosen + n_rejected
+    width = int(total.max())
+    k = torch.arange(width, device=input_ids.device)[None, :]
+    head = prompt_len[:, None] + n_chosen[:, None]  # end of [prompt, chosen]
+    from_chosen = chosen_ids.gather(1, k.clamp(max=chosen_ids.shape[1] - 1).expand(len(total), -1))
+    rejected_pos = (k - n_chosen[:, None]).clamp(min=0, max=rejected_ids.shape[1] - 1)
+    from_rejected = rejected_ids.gather(1, rejected_pos)
+    ids = torch.where(k < head, from_chosen, from_rejected)
+    segments = torch.full_like(ids, PAD_SEGMENT)
+    segments = torch.where(k < total[:, None], 2, segments)
+    segments = torch.where(k < head, 1, segments)
+    segments = torch.where(k < prompt_len[:, None], 0, segments)
+    ids = torch.where(segments == PAD_SEGMENT, pad_token_id, ids)
+    return ids, segments

@@ -1,0 +1,103 @@
+"""Shared-prompt (tree) layouts: structure by hand, and equality with one row per response."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from plrlhf import DPO, IndividualPDPO
+from plrlhf.data.collate import EncodedTriple, PreferenceCollator
+from plrlhf.packing import PAD_SEGMENT, SHARED_PROMPT_PARENTS, pack_shared_prompt, tree_layout
+from plrlhf.policy import Policy, build_causal_lm
+from tests.conftest import TINY_MODELS, TOKENIZER
+from tests.test_methods import make_batch, randomize_user_model
+
+P = PAD_SEGMENT
+
+
+def collated():
+    items = [
+        EncodedTriple([5, 6, 7], [8, 9, 0], [10, 0], 1, 1, 0),
+        EncodedTriple([5], [7, 7, 7, 11, 0], [9, 0], 0, 3, 2),
+        EncodedTriple([3, 4, 5, 6, 7, 8], [9, 0], [10, 11, 12, 0], 0, 3, 2),
+    ]
+    return PreferenceCollator(pad_token_id=0)(items)
+
+
+def test_pack_shared_prompt_by_hand():
+    b = collated()
+    ids, segments = pack_shared_prompt(
+        b["input_ids"], b["attention_mask"], b["response_mask"], pad_token_id=0
+    )
+    assert ids.tolist() == [
+        [5, 6, 7, 8, 9, 0, 10, 0, 0, 0, 0, 0],
+        [5, 7, 7, 7, 11, 0, 9, 0, 0, 0, 0, 0],
+        [3, 4, 5, 6, 7, 8, 9, 0, 10, 11, 12, 0],
+    ]
+    assert segments.tolist() == [
+        [0, 0, 0, 1, 1, 1, 2, 2, P, P, P, P],
+        [0, 1, 1, 1, 1, 1, 2, 2, P, P, P, P],
+        [0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2],
+    ]
+
+
+def test_tree_layout_by_hand():
+    # prompt of 2, chosen of 2, rejected of 2, one pad
+    layout = tree_layout(torch.tensor([[0, 0, 1, 1, 2, 2, P]]), SHARED_PROMPT_PARENTS)
+    assert layout.position_ids.tolist() == [[0, 1, 2, 3, 2, 3, 0]]
+    # the first rejected token is predicted by the prompt's last token, not by the chosen response
+    assert layout.predictor.tolist() == [[-1, 0, 1, 2, 1, 4, -1]]
+    assert layout.visible[0, 4].tolist() == [True, True, False, False, True, False, False]
+    assert layout.visible[0, 6].tolist() == [False] * 6 + [True]  # padding sees only itself
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", sorted(TINY_MODELS))
+def test_shared_prompt_scores_equal_one_row_per_response(arch, attention):
+    model = build_causal_lm({**TINY_MODELS[arch], "attn_implementation": attention}, vocab_size=100).eval()
+    policy = Policy(model, reference_free=True).eval()
+    b = collated()
+    ids, segments = pack_shared_prompt(b["input_ids"], b["attention_mask"], b["response_mask"])
+    soft = torch.randn(3, 2, 32)
+    for tokens in (None, soft):
+        rows, counts = policy.response_logps(
+            b["input_ids"],
+            b["attention_mask"],
+            b["response_mask"],
+            soft_tokens=None if tokens is None else tokens.repeat(2, 1, 1),
+        )
+        sums, tree_counts = policy.tree_logps(
+            ids, segments, SHARED_PROMPT_PARENTS, (1, 2), soft_tokens=tokens
+        )
+        assert_close(sums, torch.stack(rows.chunk(2), -1), atol=1e-4, rtol=1e-5)
+        assert torch.equal(tree_counts, torch.stack(counts.chunk(2), -1))
+
+
+def test_wrong_tree_changes_scores():
+    """Negative control: if rejected could see chosen, the scores would differ."""
+    policy = Policy(build_causal_lm(TINY_MODELS["llama"], vocab_size=100), reference_free=True).eval()
+    b = collated()
+    ids, segments = pack_shared_prompt(b["input_ids"], b["attention_mask"], b["response_mask"])
+    right, _ = policy.tree_logps(ids, segments, SHARED_PROMPT_PARENTS, (1, 2))
+    wrong, _ = policy.tree_logps(ids, segments, (-1, 0, 1), (1, 2))
+    assert (right[:, 1] - wrong[:, 1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", [DPO, IndividualPDPO])
+def test_methods_give_the_same_values_with_a_shared_prompt(tmp_path, method):
+    _, batch = make_batch(tmp_path)
+    kwargs = dict(model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=3)
+    torch.manual_seed(0)
+    plain = method(**kwargs).eval()
+    torch.manual_seed(0)
+    shared = method(**kwargs, shared_prompt=True).eval()
+    if method is IndividualPDPO:
+        randomize_user_model(plain)
+        shared.user_model.load_state_dict(plain.user_model.state_dict())
+    plain_scores, shared_scores = plain.score(batch), shared.score(batch)
+    for condition, expected in plain_scores.items():
+        got = shared_scores[condition]
+        for field in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected"):
+            assert_close(getattr(got, field), getattr(expected, field), atol=1e-4, rtol=1e-5)
+        assert torch.equal(got.n_chosen, expected.n_chosen)
+    objective, _ = shared._values(batch)
+    objective.backward()
