@@ -104,3 +104,56 @@ def pack_shared_prompt(
     segments = torch.where(k < prompt_len[:, None], 0, segments)
     ids = torch.where(segments == PAD_SEGMENT, pad_token_id, ids)
     return ids, segments
+
+
+# [prompt, soft_u, chosen_u, rejected_u, soft_0, chosen_0, rejected_0]: both users' tokens follow
+# the prompt, and each user's responses follow that user's tokens.
+USER_AFTER_PROMPT_PARENTS = (-1, 0, 1, 1, 0, 4, 4)
+USER_AFTER_PROMPT_SCORED = (2, 3, 5, 6)
+
+
+def pack_user_after_prompt(
+    input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, n_soft: int, pad_token_id: int = 0
+) -> tuple[Tensor, Tensor, int]:
+    """Re-pack ``2B`` rows ``[prompt; response]`` into ``B`` rows that serve two user conditions:
+    ``[prompt | soft_u | soft_0 | chosen, rejected, chosen, rejected]``.
+
+    Prompts are left-padded so that the ``2 * n_soft`` soft-token slots sit at one column for the
+    whole batch. Returns ``(input_ids, segments, soft_column)``; the slots hold ``pad_token_id``
+    and are meant to be overwritten by the user tokens (``soft_u`` then ``soft_0``).
+    """
+    chosen_ids, rejected_ids = input_ids.chunk(2)
+    n_chosen = response_mask.chunk(2)[0].sum(-1)
+    n_rejected = response_mask.chunk(2)[1].sum(-1)
+    prompt_len = attention_mask.chunk(2)[0].sum(-1) - n_chosen
+    batch = chosen_ids.shape[0]
+    width_prompt = int(prompt_len.max())
+    width_responses = int((2 * (n_chosen + n_rejected)).max())
+    device = input_ids.device
+
+    def take(rows: Tensor, positions: Tensor) -> Tensor:
+        return rows.gather(1, positions.clamp(0, rows.shape[1] - 1))
+
+    k = torch.arange(width_prompt, device=device)[None, :].expand(batch, -1)
+    source = k - (width_prompt - prompt_len[:, None])
+    prompt_ids = torch.where(source >= 0, take(chosen_ids, source), pad_token_id)
+    prompt_segments = torch.where(source >= 0, 0, PAD_SEGMENT)
+
+    j = torch.arange(width_responses, device=device)[None, :].expand(batch, -1)
+    c, r, p = n_chosen[:, None], n_rejected[:, None], prompt_len[:, None]
+    bounds = [c, c + r, 2 * c + r, 2 * (c + r)]
+    starts = [torch.zeros_like(c), c, c + r, 2 * c + r]
+    response_ids = torch.full_like(j, pad_token_id)
+    response_segments = torch.full_like(j, PAD_SEGMENT)
+    for segment, rows, start, end in zip((2, 3, 5, 6), (chosen_ids, rejected_ids) * 2, starts, bounds):
+        inside = (j >= start) & (j < end)
+        response_ids = torch.where(inside, take(rows, p + j - start), response_ids)
+        response_segments = torch.where(inside, segment, response_segments)
+
+    soft_ids = torch.full((batch, 2 * n_soft), pad_token_id, dtype=input_ids.dtype, device=device)
+    soft_segments = torch.cat(
+        [torch.full((batch, n_soft), 1, device=device), torch.full((batch, n_soft), 4, device=device)], dim=1
+    ).to(prompt_segments.dtype)
+    ids = torch.cat([prompt_ids, soft_ids, response_ids], dim=1)
+    segments = torch.cat([prompt_segments, soft_segments, response_segments], dim=1)
+    return ids, segments, width_prompt

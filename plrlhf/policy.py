@@ -170,6 +170,7 @@ class Policy(nn.Module):
         scored: tuple[int, ...],
         soft_tokens: Tensor | None = None,
         embeds: Tensor | None = None,
+        soft_column: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Summed log-probs of the tokens of each ``scored`` segment of tree-packed rows.
 
@@ -178,13 +179,17 @@ class Policy(nn.Module):
             segments: ``(B, L)`` segment ids; segment 0 is the root (the prompt).
             parents: parent of each segment id.
             scored: the segments whose tokens are scored, in output column order.
-            soft_tokens: optional ``(B, P, d)`` user tokens put in front, as part of the root.
+            soft_tokens: optional ``(B, P, d)`` user tokens put in front, as part of the root, or
+                written over the ``P`` slots starting at ``soft_column``.
             embeds: the embeddings of ``input_ids`` when the caller already has them.
+            soft_column: where the soft-token slots of the rows begin (default: prepend).
 
         Returns:
             ``(sums, counts)``, both ``(B, len(scored))``.
         """
-        return _tree_score(self.hf_model, input_ids, segments, parents, scored, soft_tokens, embeds)
+        return _tree_score(
+            self.hf_model, input_ids, segments, parents, scored, soft_tokens, embeds, soft_column
+        )
 
     @torch.no_grad()
     def reference_tree_logps(
@@ -278,10 +283,14 @@ def _tree_score(
     scored: tuple[int, ...],
     soft_tokens: Tensor | None = None,
     embeds: Tensor | None = None,
+    soft_column: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     if embeds is None:
         embeds = model.get_input_embeddings()(input_ids)
-    if soft_tokens is not None and soft_tokens.shape[1] > 0:
+    if soft_tokens is not None and soft_column is not None:
+        end = soft_column + soft_tokens.shape[1]
+        embeds = torch.cat([embeds[:, :soft_column], soft_tokens.to(embeds.dtype), embeds[:, end:]], dim=1)
+    elif soft_tokens is not None and soft_tokens.shape[1] > 0:
         prefix = soft_tokens.shape[:2]
         embeds = torch.cat([soft_tokens.to(embeds.dtype), embeds], dim=1)
         segments = torch.cat([segments.new_zeros(prefix), segments], dim=1)

@@ -6,7 +6,15 @@ from torch.testing import assert_close
 
 from plrlhf import DPO, IndividualPDPO
 from plrlhf.data.collate import EncodedTriple, PreferenceCollator
-from plrlhf.packing import PAD_SEGMENT, SHARED_PROMPT_PARENTS, pack_shared_prompt, tree_layout
+from plrlhf.packing import (
+    PAD_SEGMENT,
+    SHARED_PROMPT_PARENTS,
+    USER_AFTER_PROMPT_PARENTS,
+    USER_AFTER_PROMPT_SCORED,
+    pack_shared_prompt,
+    pack_user_after_prompt,
+    tree_layout,
+)
 from plrlhf.policy import Policy, build_causal_lm
 from tests.conftest import TINY_MODELS, TOKENIZER
 from tests.test_methods import make_batch, randomize_user_model
@@ -101,3 +109,68 @@ def test_methods_give_the_same_values_with_a_shared_prompt(tmp_path, method):
         assert torch.equal(got.n_chosen, expected.n_chosen)
     objective, _ = shared._values(batch)
     objective.backward()
+
+
+def naive_after_prompt(model, triple, soft, response):
+    """Score ``response`` after ``[prompt, soft]`` in a row of its own."""
+    embed = model.get_input_embeddings()
+    prompt = torch.tensor(triple.prompt_ids)
+    tokens = torch.tensor(response)
+    embeds = torch.cat([embed(prompt), soft, embed(tokens)])[None]
+    logps = model(inputs_embeds=embeds).logits[0].float().log_softmax(-1)
+    start = len(prompt) + len(soft)
+    predicted = logps[start - 1 : start - 1 + len(tokens)]
+    return predicted.gather(-1, tokens[:, None]).sum()
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_MODELS))
+def test_user_tokens_after_the_prompt_equal_separate_rows(arch):
+    model = build_causal_lm(TINY_MODELS[arch], vocab_size=100).eval()
+    policy = Policy(model, reference_free=True).eval()
+    items = [
+        EncodedTriple([5, 6, 7], [8, 9, 0], [10, 0], 1, 1, 0),
+        EncodedTriple([5], [7, 7, 7, 11, 0], [9, 0], 0, 3, 2),
+    ]
+    b = PreferenceCollator(pad_token_id=0)(items)
+    n_soft = 3
+    personal, generic = torch.randn(2, n_soft, 32), torch.randn(2, n_soft, 32)
+    ids, segments, column = pack_user_after_prompt(
+        b["input_ids"], b["attention_mask"], b["response_mask"], n_soft
+    )
+    assert column == 3 and segments[1].tolist()[:3] == [P, P, 0]
+    sums, counts = policy.tree_logps(
+        ids,
+        segments,
+        USER_AFTER_PROMPT_PARENTS,
+        USER_AFTER_PROMPT_SCORED,
+        soft_tokens=torch.cat([personal, generic], 1),
+        soft_column=column,
+    )
+    for i, item in enumerate(items):
+        for k, (soft, response) in enumerate(
+            [
+                (personal, item.chosen_ids),
+                (personal, item.rejected_ids),
+                (generic, item.chosen_ids),
+                (generic, item.rejected_ids),
+            ]
+        ):
+            expected = naive_after_prompt(model, item, soft[i], response)
+            assert_close(sums[i, k], expected, atol=1e-4, rtol=1e-5)
+            assert counts[i, k] == len(response)
+
+
+def test_pdpo_after_prompt_trains(tmp_path):
+    _, batch = make_batch(tmp_path)
+    module = IndividualPDPO(
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=3,
+        n_user_tokens=2,
+        user_tokens="after_prompt",
+    )
+    objective, values = module._values(batch)
+    objective.backward()
+    assert module.user_model.offsets.weight.grad.abs().sum() > 0
+    # at initialisation every user is the generic user: both conditions agree
+    assert_close(values["user"]["logps/chosen"], values["generic"]["logps/chosen"])

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from plrlhf.data.collate import EncodedTriple, PreferenceCollator
 from plrlhf.data.encoding import Fields, SplitStats, encode_records
 from plrlhf.data.registry import GENERIC_NAME, UserRegistry
+from plrlhf.data.sampler import LengthGroupedSampler
 from plrlhf.data.sources import DataError, read_records
 from plrlhf.tokenizer import load_tokenizer
 
@@ -63,6 +65,8 @@ class PreferenceDataModule(LightningDataModule):
         missing_user: Literal["generic", "error"] = "generic",
         user_registry: str | None = None,
         num_workers: int = 0,
+        group_by_length: bool = False,
+        seed: int = 0,
     ) -> None:
         """
         Args:
@@ -83,6 +87,9 @@ class PreferenceDataModule(LightningDataModule):
             missing_user: a record without user id is served as the generic user, or is an error.
             user_registry: a saved ``users.json``; default: built from the training files.
             num_workers: data loader worker processes.
+            group_by_length: batch training triples of similar length (shuffled buckets) to cut
+                padding; the summary line reports the padding share either way.
+            seed: seed of the length-grouped order (shuffling otherwise follows the global seed).
         """
         super().__init__()
         self.tokenizer_path = tokenizer
@@ -104,6 +111,8 @@ class PreferenceDataModule(LightningDataModule):
         self.missing_user = missing_user
         self.user_registry_path = user_registry
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
+        self.seed = seed
         self._registry: UserRegistry | None = None
         self._user_keys: NameTable | None = None
         self._group_keys = NameTable([""])
@@ -229,19 +238,32 @@ class PreferenceDataModule(LightningDataModule):
             raise DataError(", ".join(self.paths[split]), f"no usable examples in the {split} split")
         return triples
 
-    def _loader(self, split: Split, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(
+        self, split: Split, shuffle: bool, batch_size: int, sampler: Sampler | None = None
+    ) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"no {split} data: set data.{split} to a file")
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=PreferenceCollator(self.pad_token_id),
             num_workers=self.num_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        triples = self.datasets["train"] if "train" in self.datasets else []
+        shuffled = padding_share(triples, _random_batches(len(triples), self.batch_size, self.seed))
+        if not self.group_by_length:
+            rank_zero_info(f"train: padding is about {shuffled:.1%} of batch tokens (group_by_length: false)")
+            return self._loader("train", True, self.batch_size)
+        sampler = LengthGroupedSampler([_width(t) for t in triples], self.batch_size, seed=self.seed)
+        grouped = padding_share(triples, sampler.batches())
+        rank_zero_info(
+            f"train: padding is {grouped:.1%} of batch tokens with group_by_length ({shuffled:.1%} without)"
+        )
+        return self._loader("train", False, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if "validation" not in self.datasets:
@@ -287,6 +309,27 @@ class NameTable:
             self._keys[name] = len(self.names)
             self.names.append(name)
         return self._keys[name]
+
+
+def _width(triple: EncodedTriple) -> int:
+    """Row width a triple needs in a batch: prompt plus its longer response."""
+    return len(triple.prompt_ids) + max(len(triple.chosen_ids), len(triple.rejected_ids))
+
+
+def padding_share(triples: list[EncodedTriple], batches: list[list[int]]) -> float:
+    """Share of padding among the tokens of ``batches`` (2 rows per triple, right-padded)."""
+    real = padded = 0
+    for batch in batches:
+        members = [triples[i] for i in batch]
+        real += sum(2 * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in members)
+        padded += 2 * len(members) * max(_width(t) for t in members)
+    return 1 - real / padded if padded else 0.0
+
+
+def _random_batches(size: int, batch_size: int, seed: int) -> list[list[int]]:
+    order = list(range(size))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _merge(a: SplitStats, b: SplitStats) -> SplitStats:

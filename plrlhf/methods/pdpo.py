@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from plrlhf.methods.base import Batch, PairScores, PreferenceModule
+from plrlhf.packing import USER_AFTER_PROMPT_PARENTS, USER_AFTER_PROMPT_SCORED, pack_user_after_prompt
 from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
 
 UserModelFactory = Callable[[int, int], UserModel]
@@ -35,6 +36,7 @@ class PersonalizedPreferenceModule(PreferenceModule):
         alpha: float = 0.5,
         user_model_lr: float | None = None,
         user_model_weight_decay: float = 0.0,
+        user_tokens: Literal["before_prompt", "after_prompt"] = "before_prompt",
         **kwargs: Any,
     ) -> None:
         """
@@ -42,6 +44,9 @@ class PersonalizedPreferenceModule(PreferenceModule):
             alpha: weight of the personalized term; ``1 - alpha`` weights the generic user's term.
             user_model_lr: learning rate of the user model (default: the optimizer's).
             user_model_weight_decay: weight decay of the user model (the paper: 0).
+            user_tokens: where the soft tokens sit: ``before_prompt`` (the paper's model) or
+                ``after_prompt`` (between prompt and response: one pass over the prompt serves
+                both users and both responses, but the prompt no longer sees the user).
         """
         super().__init__(*args, **kwargs)
         if not 0.0 <= alpha <= 1.0:
@@ -49,6 +54,7 @@ class PersonalizedPreferenceModule(PreferenceModule):
         self.alpha = alpha
         self.user_model_lr = user_model_lr
         self.user_model_weight_decay = user_model_weight_decay
+        self.user_tokens = user_tokens
         self.user_model = self.build_user_model(self.num_users, self.policy.hidden_size)
         self.user_model.initialize(self.policy.hf_model.get_input_embeddings().weight)
 
@@ -63,12 +69,35 @@ class PersonalizedPreferenceModule(PreferenceModule):
         user_ids = batch["user_ids"]
         personal, generic = self.user_model(torch.cat([user_ids, torch.zeros_like(user_ids)])).chunk(2)
         # Both user conditions in one forward; one reference value serves both terms.
-        scored = self.policy_logps(batch, soft_tokens=[personal, generic])
+        if self.user_tokens == "after_prompt":
+            scored = self._after_prompt_logps(batch, personal, generic)
+        else:
+            scored = self.policy_logps(batch, soft_tokens=[personal, generic])
         ref_chosen, ref_rejected = self.reference_logps(batch)
         return {
             name: PairScores(chosen, rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)
             for name, (chosen, rejected, n_chosen, n_rejected) in zip(("user", "generic"), scored)
         }
+
+    def _after_prompt_logps(
+        self, batch: Batch, personal: Tensor, generic: Tensor
+    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        ids, segments, column = pack_user_after_prompt(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response_mask"],
+            personal.shape[1],
+            self.pad_token_id,
+        )
+        sums, counts = self.policy.tree_logps(
+            ids,
+            segments,
+            USER_AFTER_PROMPT_PARENTS,
+            USER_AFTER_PROMPT_SCORED,
+            soft_tokens=torch.cat([personal, generic], dim=1),
+            soft_column=column,
+        )
+        return [(sums[:, i], sums[:, i + 1], counts[:, i], counts[:, i + 1]) for i in (0, 2)]
 
     def combine(self, values: dict[str, dict[str, Tensor]]) -> Tensor:
         return (
