@@ -5,12 +5,13 @@ rebuild them from a checkpoint.
 """
 
 from plrlhf.data import DataError, PreferenceDataModule, UserRegistry
-from plrlhf.methods import DPO, PDPO, ClusterPDPO, IndividualPDPO, PreferenceModule
+from plrlhf.methods import DPO, PDPO, SFT, ClusterPDPO, IndividualPDPO, PreferenceModule
 from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
 
 __all__ = [
     "DPO",
     "PDPO",
+    "SFT",
     "ClusterPDPO",
     "ClusterUserModel",
     "DataError",

@@ -160,7 +160,7 @@ class Policy(nn.Module):
             soft_tokens: optional ``(B, P, d)`` user tokens prepended to the embeddings.
             embeds: the embeddings of ``input_ids`` when the caller already has them.
         """
-        return _score(self.hf_model, input_ids, attention_mask, response_mask, soft_tokens, embeds)
+        return score_rows(self.hf_model, input_ids, attention_mask, response_mask, soft_tokens, embeds)
 
     def tree_logps(
         self,
@@ -211,7 +211,7 @@ class Policy(nn.Module):
             counts = response_mask[:, 1:].sum(-1)
             return torch.zeros(input_ids.shape[0], device=input_ids.device), counts
         with self._reference_model() as model:
-            return _score(model, input_ids, attention_mask, response_mask)
+            return score_rows(model, input_ids, attention_mask, response_mask)
 
     @contextlib.contextmanager
     def _reference_model(self) -> Iterator[PreTrainedModel]:
@@ -239,7 +239,7 @@ class Policy(nn.Module):
         return digest.hexdigest()[:16]
 
 
-def _score(
+def score_rows(
     model: PreTrainedModel,
     input_ids: Tensor,
     attention_mask: Tensor,
@@ -247,6 +247,8 @@ def _score(
     soft_tokens: Tensor | None = None,
     embeds: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """Summed response log-probs of right-padded rows under ``model`` (see
+    :meth:`Policy.response_logps`), soft tokens prepended."""
     if embeds is None:
         embeds = model.get_input_embeddings()(input_ids)
     n_soft = 0

@@ -6,7 +6,9 @@ which serves every user not seen in training.
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import inspect
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +23,33 @@ class UserModel(nn.Module):
     """
 
     n_tokens: int
+    init_args: dict[str, Any]
+    """The arguments the model was built with (recorded automatically): export rebuilds it from
+    these, so they should be JSON values."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        original = cls.__dict__.get("__init__")
+        if original is None:
+            return
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def __init__(self: UserModel, *args: Any, **kw: Any) -> None:
+            bound = signature.bind(self, *args, **kw)
+            bound.apply_defaults()
+            original(self, *args, **kw)
+            recorded: dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                kind = signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                    recorded[name] = value
+            # Set after the subclass body ran: the most derived class's arguments win.
+            object.__setattr__(self, "init_args", recorded)
+
+        cls.__init__ = __init__
 
     def forward(self, user_ids: Tensor) -> Tensor:
         raise NotImplementedError

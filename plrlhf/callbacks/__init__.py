@@ -1,6 +1,17 @@
 """Callbacks that any Lightning Trainer can use."""
 
+from plrlhf.callbacks.export import Export
+from plrlhf.callbacks.plots import PerUserReport, UserEmbeddingMap
 from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.report import TestReport, format_table
+from plrlhf.callbacks.samples import GenerationSamples
 
-__all__ = ["PredictionWriter", "TestReport", "format_table"]
+__all__ = [
+    "Export",
+    "GenerationSamples",
+    "PerUserReport",
+    "PredictionWriter",
+    "TestReport",
+    "UserEmbeddingMap",
+    "format_table",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,4 +65,45 @@ class PreferenceCollator:
             "user_keys": torch.tensor([t.user_key for t in items], dtype=torch.long),
             "group_keys": torch.tensor([t.group_key for t in items], dtype=torch.long),
             "index": torch.tensor([t.index for t in items], dtype=torch.long),
+        }
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt to generate for, with the same user keys as :class:`EncodedTriple`."""
+
+    prompt_ids: list[int]
+    user_id: int
+    user_key: int
+    group_key: int
+    index: int
+    text: str
+
+
+class PromptCollator:
+    """Left-pads prompts (generation continues at the right edge); keeps the prompt texts.
+
+    The batch holds ``input_ids``, ``attention_mask`` ``(B, T)``, ``user_ids``, ``user_keys``,
+    ``group_keys``, ``index`` ``(B,)`` and ``prompts``, the list of prompt texts.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[EncodedPrompt]) -> dict[str, Any]:
+        width = max(len(t.prompt_ids) for t in items)
+        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, item in enumerate(items):
+            n = len(item.prompt_ids)
+            ids[i, width - n :] = torch.tensor(item.prompt_ids, dtype=torch.long)
+            mask[i, width - n :] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "user_ids": torch.tensor([t.user_id for t in items], dtype=torch.long),
+            "user_keys": torch.tensor([t.user_key for t in items], dtype=torch.long),
+            "group_keys": torch.tensor([t.group_key for t in items], dtype=torch.long),
+            "index": torch.tensor([t.index for t in items], dtype=torch.long),
+            "prompts": [t.text for t in items],
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,8 +12,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Sampler
 
-from plrlhf.data.collate import EncodedTriple, PreferenceCollator
-from plrlhf.data.encoding import Fields, SplitStats, encode_records
+from plrlhf.data.collate import EncodedPrompt, EncodedTriple, PreferenceCollator, PromptCollator
+from plrlhf.data.encoding import Fields, SplitStats, encode_prompts, encode_records
 from plrlhf.data.registry import GENERIC_NAME, UserRegistry
 from plrlhf.data.sampler import LengthGroupedSampler
 from plrlhf.data.sources import DataError, read_records
@@ -74,7 +75,8 @@ class PreferenceDataModule(LightningDataModule):
             train: training file(s): ``.jsonl``, ``.json`` or either gzipped.
             validation: validation file(s).
             test: test file(s).
-            predict: file(s) to score with ``predict``.
+            predict: file(s) for ``predict``: triples are scored; records without responses
+                (``{user_id, prompt}``) are prompts to generate a response for.
             batch_size: preference triples per training batch (per device).
             eval_batch_size: triples per evaluation batch (default: ``batch_size``).
             max_length: most tokens of prompt plus the longer response.
@@ -116,6 +118,7 @@ class PreferenceDataModule(LightningDataModule):
         self._registry: UserRegistry | None = None
         self._user_keys: NameTable | None = None
         self._group_keys = NameTable([""])
+        self._group_counts: dict[str, Counter] = {}
         self.datasets: dict[Split, list[EncodedTriple]] = {}
         self.stats: dict[Split, SplitStats] = {}
 
@@ -156,6 +159,12 @@ class PreferenceDataModule(LightningDataModule):
         """Names of the ``group_keys`` in batches; key 0 (``""``) means no group."""
         return self._group_keys.names
 
+    @property
+    def user_groups(self) -> dict[str, str]:
+        """Each user's most frequent group label in the data loaded so far (users without one are
+        left out): colours plots and labels tables."""
+        return {user: counts.most_common(1)[0][0] for user, counts in self._group_counts.items()}
+
     def _build_registry(self) -> UserRegistry:
         if self.user_registry_path is not None:
             return UserRegistry.load(self.user_registry_path)
@@ -195,17 +204,28 @@ class PreferenceDataModule(LightningDataModule):
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.registry.save(Path(log_dir) / REGISTRY_FILE)
 
-    def _load_split(self, split: Split) -> list[EncodedTriple]:
+    def _is_prompt_file(self, path: str) -> bool:
+        """Predict files hold triples to score, or prompts (no responses) to generate for."""
+        first = next(iter(read_records(path)), None)
+        return first is not None and self.fields.chosen not in first.record
+
+    def _load_split(self, split: Split) -> list[EncodedTriple] | list[EncodedPrompt]:
         examples, stats = [], SplitStats()
+        prompt_only = split == "predict" and all(self._is_prompt_file(p) for p in self.paths[split])
         for path in self.paths[split]:
-            part, part_stats = encode_records(
-                read_records(path),
-                self.tokenizer,
-                self.fields,
-                self.max_length,
-                self.max_prompt_length,
-                description=f"tokenizing {split}",
-            )
+            if prompt_only:
+                part, part_stats = encode_prompts(
+                    read_records(path), self.tokenizer, self.fields, self.max_prompt_length
+                )
+            else:
+                part, part_stats = encode_records(
+                    read_records(path),
+                    self.tokenizer,
+                    self.fields,
+                    self.max_length,
+                    self.max_prompt_length,
+                    description=f"tokenizing {split}",
+                )
             if part_stats.read == 0:
                 raise DataError(path, "no records in file")
             examples.extend(part)
@@ -220,17 +240,21 @@ class PreferenceDataModule(LightningDataModule):
             elif example.user not in self.registry:
                 unseen.add(example.user)
                 stats.unseen_examples += 1
-            triples.append(
-                EncodedTriple(
-                    example.prompt_ids,
-                    example.chosen_ids,
-                    example.rejected_ids,
-                    user_id=self.registry.index(example.user),
-                    user_key=self.user_keys.key(example.user),
-                    group_key=self._group_keys.key(example.group),
-                    index=len(triples),
-                )
+            keys = dict(
+                user_id=self.registry.index(example.user),
+                user_key=self.user_keys.key(example.user),
+                group_key=self._group_keys.key(example.group),
+                index=len(triples),
             )
+            if prompt_only:
+                triples.append(EncodedPrompt(example.prompt_ids, text=example.prompt_text, **keys))
+            else:
+                triples.append(
+                    EncodedTriple(example.prompt_ids, example.chosen_ids, example.rejected_ids, **keys)
+                )
+        for example in examples:
+            if example.user is not None and example.group is not None:
+                self._group_counts.setdefault(example.user, Counter())[example.group] += 1
         stats.unseen_users = len(unseen)
         self.stats[split] = stats
         rank_zero_info(stats.summary(split))
@@ -248,9 +272,15 @@ class PreferenceDataModule(LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             sampler=sampler,
-            collate_fn=PreferenceCollator(self.pad_token_id),
+            collate_fn=self._collator(split),
             num_workers=self.num_workers,
         )
+
+    def _collator(self, split: Split) -> PreferenceCollator | PromptCollator:
+        data = self.datasets[split]
+        if data and isinstance(data[0], EncodedPrompt):
+            return PromptCollator(self.pad_token_id)
+        return PreferenceCollator(self.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         triples = self.datasets["train"] if "train" in self.datasets else []

@@ -39,6 +39,7 @@ class Example:
     user: str | None
     group: str | None
     where: str
+    prompt_text: str = ""
 
 
 @dataclass
@@ -125,6 +126,23 @@ def parse_record(located: Located, fields: Fields) -> _Parsed:
         group=_optional_id(record, fields.group, where),
         where=where,
     )
+
+
+def parse_prompt_record(located: Located, fields: Fields) -> _Parsed:
+    """Extract prompt, user and group of a record to generate for; raises :class:`DataError`."""
+    record, where = located.record, located.where
+    prompt = _text_or_messages(record, fields.prompt, where)
+    user, group = _optional_id(record, fields.user, where), _optional_id(record, fields.group, where)
+    return _Parsed(prompt, "", "", user, group, where)
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | Messages, where: str) -> str:
+    """The prompt as the model sees it before a response (chat template for conversations)."""
+    if isinstance(prompt, str):
+        return prompt
+    if tokenizer.chat_template is None:
+        raise DataError(where, "conversational record, but the tokenizer has no chat template")
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
 def _is_empty(response: str | Messages) -> bool:
@@ -225,6 +243,35 @@ def encode_records(
             examples.append(Example(prompt, chosen, rejected, item.user, item.group, item.where))
         progress.update(len(chunk))
     progress.close()
+    stats.kept = len(examples)
+    return examples, stats
+
+
+def encode_prompts(
+    records: Iterable[Located],
+    tokenizer: PreTrainedTokenizerBase,
+    fields: Fields,
+    max_prompt_length: int,
+) -> tuple[list[Example], SplitStats]:
+    """Prompts to generate for: tokenized, keeping their last ``max_prompt_length`` tokens."""
+    stats = SplitStats()
+    parsed = []
+    for located in records:
+        stats.read += 1
+        parsed.append(parse_prompt_record(located, fields))
+    texts = [render_prompt(tokenizer, p.prompt, p.where) for p in parsed]
+    ids = _tokenize_prompts(tokenizer, texts, [not isinstance(p.prompt, str) for p in parsed])
+    bos = tokenizer.bos_token_id
+    examples = []
+    for item, text, prompt in zip(parsed, texts, ids):
+        keep_bos = 1 if prompt and bos is not None and prompt[0] == bos else 0
+        if len(prompt) <= keep_bos:
+            stats.drop("empty prompt")
+            continue
+        if len(prompt) > max_prompt_length:
+            prompt = prompt[:keep_bos] + prompt[len(prompt) - (max_prompt_length - keep_bos) :]
+            stats.prompt_truncated += 1
+        examples.append(Example(prompt, [], [], item.user, item.group, item.where, prompt_text=text))
     stats.kept = len(examples)
     return examples, stats
 

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from peft import LoraConfig
 from torch import Tensor, nn
 
+from plrlhf.generation import generate
 from plrlhf.losses import PreferenceLoss, Sigmoid
 from plrlhf.methods.metrics import SCALARS, PreferenceMetrics
 from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
@@ -86,6 +87,7 @@ class PreferenceModule(LightningModule):
         precompute_reference: bool = False,
         reference_cache_dir: str | None = ".cache/plrlhf/reference",
         shared_prompt: bool = False,
+        generation: dict[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -109,6 +111,8 @@ class PreferenceModule(LightningModule):
             shared_prompt: run each prompt once for both responses (one row ``[prompt, chosen,
                 rejected]`` with a block attention mask) instead of once per response. Same
                 values, fewer tokens; needs a model that honours a 4D attention mask.
+            generation: keyword arguments of transformers' ``generate`` for ``predict`` on prompts
+                (e.g. ``{max_new_tokens: 64, do_sample: true, top_p: 0.9}``; default: greedy, 128).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -133,6 +137,7 @@ class PreferenceModule(LightningModule):
         self.reference_cache_dir = reference_cache_dir
         self.reference_table: Tensor | None = None
         self.shared_prompt = shared_prompt
+        self.generation = {"max_new_tokens": 128, "do_sample": False, **(generation or {})}
         self.pad_token_id = tok.pad_token_id
         self.metrics = nn.ModuleDict({stage: self._new_metrics() for stage in ("val", "test")})
 
@@ -305,8 +310,32 @@ class PreferenceModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    # -- generation --------------------------------------------------------------------------------
+    user_tokens = "before_prompt"
+
+    def user_soft_tokens(self, user_ids: Tensor) -> Tensor | None:
+        """The soft tokens of these users (``None`` for methods without a user model)."""
+        return None
+
+    def generate(
+        self, input_ids: Tensor, attention_mask: Tensor, user_ids: Tensor, **settings: Any
+    ) -> Tensor:
+        """New tokens for left-padded prompts, each written for its user (``generation`` settings,
+        overridden by ``settings``)."""
+        return generate(
+            self.policy.hf_model,
+            input_ids,
+            attention_mask,
+            soft_tokens=self.user_soft_tokens(user_ids),
+            user_tokens=self.user_tokens,
+            **{**self.generation, **settings},
+        )
+
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        """Implicit rewards of each triple under every condition, one dict per triple."""
+        """For prompt batches, a generated response per prompt; for triples, the implicit rewards
+        under every condition. One dict per example."""
+        if "response_mask" not in batch:
+            return self._generate_rows(batch)
         _, values = self._values(batch)
         rows = []
         for i in range(batch["user_ids"].shape[0]):
@@ -325,6 +354,24 @@ class PreferenceModule(LightningModule):
                 ):
                     row[prefix + name] = float(v[name][i])
             rows.append(row)
+        return rows
+
+    def _generate_rows(self, batch: Batch) -> list[dict[str, Any]]:
+        tokens = self.generate(batch["input_ids"], batch["attention_mask"], batch["user_ids"])
+        tokenizer = load_tokenizer(self.tokenizer_path)
+        rows = []
+        for i, row_tokens in enumerate(tokens.tolist()):
+            if tokenizer.eos_token_id in row_tokens:
+                row_tokens = row_tokens[: row_tokens.index(tokenizer.eos_token_id)]
+            rows.append(
+                {
+                    "user_key": int(batch["user_keys"][i]),
+                    "user_index": int(batch["user_ids"][i]),
+                    "prompt": batch["prompts"][i],
+                    "response": tokenizer.decode(row_tokens, skip_special_tokens=True),
+                    "response_tokens": len(row_tokens),
+                }
+            )
         return rows
 
     def _datamodule(self) -> Any:

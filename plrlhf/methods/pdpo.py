@@ -61,6 +61,9 @@ class PersonalizedPreferenceModule(PreferenceModule):
     def build_user_model(self, num_users: int, hidden_size: int) -> UserModel:
         raise NotImplementedError
 
+    def user_soft_tokens(self, user_ids: Tensor) -> Tensor:
+        return self.user_model(user_ids)
+
     @property
     def conditions(self) -> tuple[str, ...]:
         return ("user", "generic")

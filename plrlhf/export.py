@@ -1,0 +1,219 @@
+"""Export a trained personalized model to a directory, and load it without Lightning.
+
+The directory holds standard pieces that other tools read too::
+
+    model/              the LM, transformers format (LoRA merged in), or
+    adapter/ + base/    the peft adapter and, when the base was built from a config, its weights
+    tokenizer/          the tokenizer
+    user_model.safetensors, user_model.json   the user model's weights and how to rebuild it
+    users.json          the user registry (raw user id -> index; unknown users are the generic user)
+    plrlhf.json         what the files are and how they fit together
+    README.md           a model card
+
+:func:`load` returns a :class:`PersonalizedLM` that generates for a user and scores responses.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from plrlhf.data.registry import UserRegistry
+from plrlhf.generation import generate
+from plrlhf.policy import Policy, score_rows
+from plrlhf.tokenizer import load_tokenizer
+from plrlhf.user_models import UserModel
+
+FORMAT_VERSION = 1
+
+
+def export(
+    module: Any,
+    directory: str | Path,
+    registry: UserRegistry,
+    merge_lora: bool = True,
+) -> Path:
+    """Write ``module`` (a plrlhf method) to ``directory``; returns the directory.
+
+    Args:
+        module: a trained :class:`plrlhf.PreferenceModule` (DPO or a P-DPO method).
+        directory: where to write; created if missing.
+        registry: the user registry of the training data (``datamodule.registry``).
+        merge_lora: merge LoRA adapters into the weights (one plain model directory); otherwise
+            save the peft adapter, and the base weights when the base was built from a config.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    policy: Policy = module.policy
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "method": f"{type(module).__module__}.{type(module).__qualname__}",
+        "user_tokens": module.user_tokens,
+        "num_users": len(registry),
+    }
+    if policy.uses_lora and not merge_lora:
+        policy.lm.save_pretrained(out / "adapter")
+        source = module.hparams.get("model")
+        if isinstance(source, str):
+            manifest["base"] = source
+        else:
+            _base_weights(policy).save_pretrained(out / "base")
+            manifest["base"] = "base"
+        manifest["adapter"] = "adapter"
+    else:
+        # Merge into a copy: the module stays usable (and trainable) after export.
+        model = copy.deepcopy(policy.lm).merge_and_unload() if policy.uses_lora else policy.lm
+        model.save_pretrained(out / "model")
+        manifest["model"] = "model"
+    load_tokenizer(module.tokenizer_path).save_pretrained(out / "tokenizer")
+    registry.save(out / "users.json")
+    user_model = getattr(module, "user_model", None)
+    if user_model is not None:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in user_model.state_dict().items()},
+            out / "user_model.safetensors",
+        )
+        (out / "user_model.json").write_text(json.dumps(user_model_spec(user_model), indent=1))
+        manifest["user_model"] = "user_model.json"
+    (out / "plrlhf.json").write_text(json.dumps(manifest, indent=1))
+    (out / "README.md").write_text(_card(manifest, registry))
+    return out
+
+
+def _base_weights(policy: Policy) -> PreTrainedModel:
+    """The base model of a LoRA policy with the adapters stripped (a copy)."""
+    return copy.deepcopy(policy.lm).unload()
+
+
+def user_model_spec(user_model: UserModel) -> dict[str, Any]:
+    """How to rebuild a user model: its class and the arguments it was built with."""
+    cls = type(user_model)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": user_model.init_args}
+
+
+def build_user_model(spec: dict[str, Any]) -> UserModel:
+    module_name, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls(**spec["init_args"])
+
+
+@dataclass
+class PersonalizedLM:
+    """A personalized model outside the training stack: LM, tokenizer, user model, registry."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    registry: UserRegistry
+    user_model: UserModel | None = None
+    user_tokens: str = "before_prompt"
+
+    def user_indices(self, users: list[Any]) -> Tensor:
+        """Model indices of raw user ids; users not seen in training get the generic user 0."""
+        return torch.tensor([self.registry.index(u) for u in users], dtype=torch.long, device=self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def soft_tokens(self, user_ids: Tensor) -> Tensor | None:
+        return None if self.user_model is None else self.user_model(user_ids)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], users: list[Any], **settings: Any) -> list[str]:
+        """A response to each prompt, written for its user (greedy by default)."""
+        self.tokenizer.padding_side = "left"
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        settings = {"max_new_tokens": 128, "do_sample": False, **settings}
+        tokens = generate(
+            self.model,
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            soft_tokens=self.soft_tokens(self.user_indices(users)),
+            user_tokens=self.user_tokens,
+            **settings,
+        )
+        return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], responses: list[str], users: list[Any]) -> Tensor:
+        """Summed log-probability of each response (EOS appended) given its prompt and user."""
+        from plrlhf.data.collate import EncodedTriple, PreferenceCollator
+
+        eos = self.tokenizer.eos_token_id
+        prompt_ids = self.tokenizer(prompts)["input_ids"]
+        response_ids = [
+            ids + [eos] for ids in self.tokenizer(responses, add_special_tokens=False)["input_ids"]
+        ]
+        items = [EncodedTriple(p, r, r, 0, 0, 0) for p, r in zip(prompt_ids, response_ids)]
+        batch = PreferenceCollator(self.tokenizer.pad_token_id)(items)
+        n = len(items)  # the collator stacks chosen then rejected rows: keep the first copy
+        ids, mask, resp = (
+            batch[k][:n].to(self.device) for k in ("input_ids", "attention_mask", "response_mask")
+        )
+        soft = self.soft_tokens(self.user_indices(users))
+        if self.user_tokens == "after_prompt" and soft is not None:
+            raise NotImplementedError("scoring with user tokens after the prompt: use the training stack")
+        sums, _ = score_rows(self.model, ids, mask, resp, soft_tokens=soft)
+        return sums
+
+
+def load(
+    directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> PersonalizedLM:
+    """Load an exported model for generation and scoring (no Trainer, no checkpoint)."""
+    root = Path(directory)
+    manifest = json.loads((root / "plrlhf.json").read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{root}: export format {manifest.get('format')}, this plrlhf reads {FORMAT_VERSION}"
+        )
+    if "model" in manifest:
+        model = AutoModelForCausalLM.from_pretrained(root / manifest["model"], dtype=dtype)
+    else:
+        base = manifest["base"]
+        base_path = root / base if (root / base).is_dir() else Path(base)
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype), root / manifest["adapter"]
+        ).merge_and_unload()
+    tokenizer = load_tokenizer(str(root / "tokenizer"))
+    user_model = None
+    if "user_model" in manifest:
+        user_model = build_user_model(json.loads((root / manifest["user_model"]).read_text()))
+        user_model.load_state_dict(load_file(root / "user_model.safetensors"))
+    model = model.to(device).eval()
+    if user_model is not None:
+        user_model = user_model.to(device).eval()
+    return PersonalizedLM(
+        model,
+        tokenizer,
+        UserRegistry.load(root / "users.json"),
+        user_model,
+        manifest.get("user_tokens", "before_prompt"),
+    )
+
+
+def _card(manifest: dict[str, Any], registry: UserRegistry) -> str:
+    return f"""# Personalized language model (plrlhf)
+
+Trained with `{manifest["method"]}` ({manifest["num_users"]} users seen in training; everyone else
+is served by the generic user). User tokens sit {manifest["user_tokens"].replace("_", " ")}.
+
+```python
+import plrlhf.export as export
+lm = export.load("{"<this directory>"}")
+lm.generate(["Summarize the note. ..."], users=["{registry.users[0] if registry.users else "alice"}"])
+```
+
+Files: `plrlhf.json` (manifest), `users.json` (user registry), `user_model.*` (user model),
+`tokenizer/`, and the LM as `model/` (transformers) or `adapter/` (peft) over `base/`.
+"""

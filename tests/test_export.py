@@ -1,0 +1,77 @@
+"""Export and load without Lightning: same log-probs and generations before and after."""
+
+import pytest
+import torch
+from peft import LoraConfig
+from torch.testing import assert_close
+
+from plrlhf import IndividualPDPO, PreferenceDataModule
+from plrlhf.export import export, load
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel
+from tests.conftest import TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
+from tests.test_methods import randomize_user_model
+
+PROMPTS = [
+    "Summarize the note.\nNote: Ana baked bread.\nSummary:",
+    "Summarize the note.\nNote: Ben ran.\nSummary:",
+]
+RESPONSES = [" Ana baked bread.", " Ben ran at the park on Monday."]
+
+
+def trained_module(tmp_path, lora):
+    dm = PreferenceDataModule(
+        TOKENIZER, train=str(write_jsonl(tmp_path / "t.jsonl", synthetic_rows("train", 40)))
+    )
+    module = IndividualPDPO(
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=dm.num_users,
+        n_user_tokens=3,
+        lora=LoraConfig(r=4, target_modules="all-linear") if lora else None,
+    ).eval()
+    randomize_user_model(module)
+    with torch.no_grad():  # make the adapters matter
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.3)
+    return dm, module
+
+
+def direct_scores(module, dm, users):
+    lm = load_like(module, dm)
+    return lm.score(PROMPTS, RESPONSES, users)
+
+
+def load_like(module, dm):
+    from plrlhf.export import PersonalizedLM
+
+    return PersonalizedLM(module.policy.hf_model, dm.tokenizer, dm.registry, module.user_model)
+
+
+@pytest.mark.parametrize("lora,merge", [(False, True), (True, True), (True, False)])
+def test_export_round_trip_keeps_log_probs_and_generations(tmp_path, lora, merge):
+    dm, module = trained_module(tmp_path, lora)
+    users = [dm.registry.users[0], "somebody new"]
+    before = direct_scores(module, dm, users)
+    generated_before = load_like(module, dm).generate(PROMPTS, users, max_new_tokens=8)
+    out = export(module, tmp_path / "export", dm.registry, merge_lora=merge)
+    assert (out / "users.json").is_file() and (out / "user_model.safetensors").is_file()
+    assert (out / ("model" if merge else "adapter")).is_dir()
+    loaded = load(out)
+    assert_close(loaded.score(PROMPTS, RESPONSES, users), before, atol=1e-4, rtol=1e-5)
+    assert loaded.generate(PROMPTS, users, max_new_tokens=8) == generated_before
+    # the module is untouched by export (LoRA not merged into it)
+    assert_close(direct_scores(module, dm, users), before)
+
+
+def test_user_models_record_their_arguments():
+    model = IndividualUserModel(4, 8, n_tokens=2, generic=False)
+    assert model.init_args == {
+        "num_users": 4,
+        "hidden_size": 8,
+        "n_tokens": 2,
+        "generic": False,
+        "offset_init": "zeros",
+        "seed": 123,
+    }
+    assert ClusterUserModel(3, 8, n_clusters=7).init_args["n_clusters"] == 7
