@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -40,6 +42,16 @@ class PlrlhfCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    # Data preparation and model conversion are not training: plain argparse, not LightningCLI.
+    if argv[:1] == ["data"]:
+        from plrlhf.builders.cli import main as data_main
+
+        return data_main(argv[1:])
+    if argv[:1] == ["convert-gguf"]:
+        from plrlhf.gguf import main as convert_main
+
+        return convert_main(argv[1:])
     PlrlhfCLI(
         PreferenceModule,
         PreferenceDataModule,

@@ -1,0 +1,79 @@
+"""Relabeled HH-RLHF: two annotator types (``helpful``, ``harmless``) as two users.
+
+Source: the gzipped JSON lines of ``../shared/data/hh_rlhf_relabeled`` (Anthropic HH-RLHF test
+split relabeled per annotator type; fields ``prompt``, ``responses``, ``label``, ``objective``).
+Each row becomes a triple for user ``objective``: ``responses[label]`` is chosen. The split is by
+prompt (seeded), so no prompt is in two splits.
+
+The ``prompt`` field stops after the last human turn; the assistant's cue ``\\n\\nAssistant:`` is
+appended (as in the original HH dialogues) and responses get their leading space.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from plrlhf.data.sources import DataError, read_records
+
+FILES = ("helpful.test.jsonl.gz", "harmless.test.jsonl.gz")
+ASSISTANT = "\n\nAssistant:"
+
+
+def build_hh_relabeled(
+    source: str | Path,
+    out_dir: str | Path,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 123,
+    files: tuple[str, ...] = FILES,
+) -> dict[str, Counter]:
+    """Write ``train/validation/test.jsonl`` to ``out_dir``; returns triples per user per split.
+
+    Rows whose two responses are identical are dropped and counted (``report["dropped"]``).
+    """
+    rows, dropped = [], Counter()
+    for name in files:
+        for located in read_records(Path(source) / name):
+            record, where = located.record, located.where
+            for key in ("prompt", "responses", "label", "objective"):
+                if key not in record:
+                    raise DataError(where, f"missing field {key!r}")
+            responses, label = record["responses"], record["label"]
+            if not (isinstance(responses, list) and len(responses) == 2 and label in (0, 1)):
+                raise DataError(where, "expected two 'responses' and a 'label' of 0 or 1")
+            if responses[0].strip() == responses[1].strip():
+                dropped["identical responses"] += 1
+                continue
+            prompt = record["prompt"].rstrip()
+            if not prompt.endswith("Assistant:"):
+                prompt += ASSISTANT
+            rows.append(
+                {
+                    "user_id": record["objective"],
+                    "group": record["objective"],
+                    "prompt": prompt,
+                    "chosen": " " + responses[label].strip(),
+                    "rejected": " " + responses[1 - label].strip(),
+                    "flipped": record.get("original_label", label) != label,
+                }
+            )
+    prompts = sorted({r["prompt"] for r in rows})
+    random.Random(seed).shuffle(prompts)
+    n_train = round(fractions[0] * len(prompts))
+    n_val = round(fractions[1] * len(prompts))
+    split_of = {
+        p: "train" if i < n_train else "validation" if i < n_train + n_val else "test"
+        for i, p in enumerate(prompts)
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Counter] = {"dropped": dropped}
+    for split in ("train", "validation", "test"):
+        chosen = [r for r in rows if split_of[r["prompt"]] == split]
+        with open(out / f"{split}.jsonl", "w") as handle:
+            for r in chosen:
+                handle.write(json.dumps(r) + "\n")
+        report[split] = Counter(r["user_id"] for r in chosen)
+    return report
