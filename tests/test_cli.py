@@ -34,18 +34,59 @@ def test_top_level_configs_run(config, tmp_path):
     run(["fit", "--config", str(CONFIGS / config), *FAST, "--trainer.default_root_dir", str(tmp_path)])
 
 
-@pytest.mark.parametrize("experiment", sorted(p.name for p in (CONFIGS / "experiment").glob("*.yaml")))
+def fixture_data(experiment, directory):
+    """Small data in the experiment's format, built from fixture files by its builder."""
+    from plrlhf.builders.hh_relabeled import build_hh_relabeled
+    from plrlhf.builders.prism import build_prism
+    from plrlhf.builders.psoups import build_psoups
+    from plrlhf.builders.tldr import build_tldr_length
+    from tests import test_builders as fixtures
+
+    out = directory / "data"
+    if experiment == "tldr-length":
+        build_tldr_length([fixtures.write_tldr_source(directory)], out, n_users=2)
+    elif experiment == "psoups":
+        build_psoups(fixtures.write_psoups_source(directory), out)
+    elif experiment == "prism":
+        build_prism(fixtures.write_prism_source(directory), out)
+    elif experiment == "hh-smollm2":
+        source = directory / "hh"
+        source.mkdir()
+        fixtures.write_gz(
+            source / "helpful.test.jsonl.gz", [fixtures.hh_row(i, "helpful", i % 2) for i in range(20)]
+        )
+        fixtures.write_gz(
+            source / "harmless.test.jsonl.gz", [fixtures.hh_row(i, "harmless", 0) for i in range(20, 40)]
+        )
+        build_hh_relabeled(source, out)
+    else:
+        return []
+    return [f"--data.init_args.{split}={out / f'{split}.jsonl'}" for split in ("train", "validation", "test")]
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
 def test_experiment_configs_run(experiment, tmp_path):
+    """Each experiment as shipped, on a tiny model, CPU and fixture data in its source's format."""
     run(
         [
             "fit",
             "--config",
             str(CONFIGS / "method/individual_pdpo.yaml"),
             "--config",
-            str(CONFIGS / "experiment" / experiment),
+            str(CONFIGS / "experiment" / f"{experiment}.yaml"),
+            *TINY,
+            "--data.init_args.tokenizer",
+            "data/tokenizer",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.precision",
+            "32-true",
+            *fixture_data(experiment, tmp_path),
             *FAST,
             "--trainer.default_root_dir",
             str(tmp_path),
+            "--model.init_args.reference_cache_dir",
+            "null",
         ]
     )
 

@@ -11,11 +11,11 @@ appended (as in the original HH dialogues) and responses get their leading space
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
 
+from plrlhf.builders.common import write_splits
 from plrlhf.data.sources import DataError, read_records
 
 FILES = ("helpful.test.jsonl.gz", "harmless.test.jsonl.gz")
@@ -67,13 +67,9 @@ def build_hh_relabeled(
         p: "train" if i < n_train else "validation" if i < n_train + n_val else "test"
         for i, p in enumerate(prompts)
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Counter] = {"dropped": dropped}
+    rng = random.Random(seed + 1)
+    splits = {}
     for split in ("train", "validation", "test"):
-        chosen = [r for r in rows if split_of[r["prompt"]] == split]
-        with open(out / f"{split}.jsonl", "w") as handle:
-            for r in chosen:
-                handle.write(json.dumps(r) + "\n")
-        report[split] = Counter(r["user_id"] for r in chosen)
-    return report
+        splits[split] = [r for r in rows if split_of[r["prompt"]] == split]
+        rng.shuffle(splits[split])  # the source lists one annotator type after the other
+    return write_splits(out_dir, splits, dropped)

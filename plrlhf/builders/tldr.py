@@ -1,0 +1,89 @@
+"""TL;DR length task from OpenAI's summarize-from-feedback comparison files (method.md).
+
+Keeps comparisons whose two summaries both come from supervised policies (``sup`` in the policy
+name, no ``ppo``, no ``cnn``). Workers are ranked by their number of *train* comparisons after that
+filter; the top K are the seen users. Every worker gets a synthetic preference, drawn once in rank
+order with a seeded generator: the longer summary (in characters) with probability
+``longer_share``, else the shorter; the original human choice is discarded. Pairs with identical
+summaries or equal lengths are dropped and counted (the official code keeps equal lengths with a
+contradictory label).
+
+Splits: ``train`` = train comparisons of the seen users; ``validation`` = their ``valid1``
+comparisons; ``test`` = ``valid2`` comparisons of all workers, so the others appear as unseen
+users.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from plrlhf.builders.common import write_splits
+from plrlhf.data.sources import DataError, read_records
+
+SPLITS = {"train": "train", "valid1": "validation", "valid2": "test"}
+
+
+def _supervised(policy: str) -> bool:
+    return "sup" in policy and "ppo" not in policy and "cnn" not in policy
+
+
+def prompt_of(info: dict[str, Any]) -> str:
+    """The official prompt, without its trailing space (summaries start with one)."""
+    subreddit, title, post = (info.get(k, "") for k in ("subreddit", "title", "post"))
+    return f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
+
+
+def build_tldr_length(
+    files: list[str | Path],
+    out_dir: str | Path,
+    n_users: int = 10,
+    longer_share: float = 0.7,
+    seed: int = 3456,
+) -> dict[str, Counter]:
+    """Write ``train/validation/test.jsonl``; returns triples per user per split, and the drops."""
+    dropped: Counter = Counter()
+    kept = []
+    for path in files:
+        for located in read_records(path):
+            record, where = located.record, located.where
+            summaries = record.get("summaries")
+            if not isinstance(summaries, list) or len(summaries) != 2 or "worker" not in record:
+                raise DataError(where, "expected 'summaries' (two) and 'worker'")
+            if not all(_supervised(str(s.get("policy", ""))) for s in summaries):
+                dropped["not both supervised policies"] += 1
+                continue
+            a, b = (s["text"] for s in summaries)
+            if a.strip() == b.strip():
+                dropped["identical summaries"] += 1
+            elif len(a) == len(b):
+                dropped["equal lengths"] += 1
+            elif record.get("split") not in SPLITS:
+                dropped[f"split {record.get('split')!r}"] += 1
+            else:
+                kept.append(record)
+    train_counts = Counter(r["worker"] for r in kept if r["split"] == "train")
+    ranked = [w for w, _ in sorted(train_counts.items(), key=lambda item: (-item[1], item[0]))]
+    others = sorted({r["worker"] for r in kept} - set(ranked))
+    rng = random.Random(seed)
+    prefers_longer = {w: rng.random() < longer_share for w in ranked + others}
+    seen = set(ranked[:n_users])
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
+    for record in kept:
+        worker, split = record["worker"], SPLITS[record["split"]]
+        if worker not in seen and split != "test":
+            continue
+        longer, shorter = sorted((s["text"] for s in record["summaries"]), key=len, reverse=True)
+        chosen, rejected = (longer, shorter) if prefers_longer[worker] else (shorter, longer)
+        splits[split].append(
+            {
+                "user_id": worker,
+                "group": "prefers longer" if prefers_longer[worker] else "prefers shorter",
+                "prompt": prompt_of(record.get("info", {})),
+                "chosen": chosen if chosen.startswith(" ") else " " + chosen,
+                "rejected": rejected if rejected.startswith(" ") else " " + rejected,
+            }
+        )
+    return write_splits(out_dir, splits, dropped)

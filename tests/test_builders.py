@@ -1,0 +1,301 @@
+"""Dataset builders on small fixture files written here in each source's published schema."""
+
+import gzip
+import json
+import random
+
+import pytest
+
+from plrlhf.builders.hh_relabeled import build_hh_relabeled
+from plrlhf.cli import main
+from plrlhf.data.sources import DataError
+
+
+def hh_row(i, objective, label, original_label=None, same=False):
+    responses = [f"Answer A{i}.", f"Answer B{i}." if not same else f"Answer A{i}."]
+    return {
+        "prompt": f"Human: question {i}?",
+        "responses": responses,
+        "label": label,
+        "original_label": label if original_label is None else original_label,
+        "objective": objective,
+        "data_subset": "helpful",
+        "chosen": "",
+        "rejected": "",
+        "Index": i,
+    }
+
+
+def write_gz(path, rows):
+    with gzip.open(path, "wt") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def hh_source(tmp_path):
+    source = tmp_path / "hh"
+    source.mkdir()
+    write_gz(
+        source / "helpful.test.jsonl.gz",
+        [hh_row(i, "helpful", i % 2, original_label=1 - i % 2) for i in range(10)],
+    )
+    write_gz(
+        source / "harmless.test.jsonl.gz",
+        [hh_row(i, "harmless", 0) for i in range(10, 19)] + [hh_row(99, "harmless", 0, same=True)],
+    )
+    return source
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_hh_relabeled_users_orientation_and_splits(hh_source, tmp_path):
+    report = build_hh_relabeled(hh_source, tmp_path / "out", fractions=(0.6, 0.2, 0.2), seed=1)
+    assert report["dropped"] == {"identical responses": 1}
+    splits = {s: read(tmp_path / "out" / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    assert [len(v) for v in splits.values()] == [11, 4, 4]
+    rows = [r for v in splits.values() for r in v]
+    assert {r["user_id"] for r in rows} == {"helpful", "harmless"} and all(
+        r["group"] == r["user_id"] for r in rows
+    )
+    by_prompt = {r["prompt"]: r for r in rows}
+    # label 1 for odd helpful rows: responses[1] is chosen; the assistant cue is restored
+    assert by_prompt["Human: question 3?\n\nAssistant:"]["chosen"] == " Answer B3."
+    assert by_prompt["Human: question 3?\n\nAssistant:"]["rejected"] == " Answer A3."
+    assert by_prompt["Human: question 2?\n\nAssistant:"]["chosen"] == " Answer A2."
+    assert by_prompt["Human: question 3?\n\nAssistant:"]["flipped"] is True
+    # no prompt in two splits, and the same seed gives the same split
+    prompts = [{r["prompt"] for r in v} for v in splits.values()]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    build_hh_relabeled(hh_source, tmp_path / "again", fractions=(0.6, 0.2, 0.2), seed=1)
+    assert (tmp_path / "again/test.jsonl").read_text() == (tmp_path / "out/test.jsonl").read_text()
+
+
+def test_hh_relabeled_bad_record_names_file_and_line(hh_source, tmp_path):
+    write_gz(hh_source / "harmless.test.jsonl.gz", [hh_row(1, "harmless", 0), {"prompt": "x"}])
+    with pytest.raises(DataError, match=r"harmless.test.jsonl.gz:2: missing field 'responses'"):
+        build_hh_relabeled(hh_source, tmp_path / "out")
+
+
+def test_data_subcommand(hh_source, tmp_path, capsys):
+    main(["data", "hh-relabeled", "--source", str(hh_source), "--out", str(tmp_path / "hh")])
+    out = capsys.readouterr().out
+    assert "dropped: 1 identical responses" in out and "train:" in out
+    main(["data", "length", "--out", str(tmp_path / "len"), "--users", "4", "--unseen-users", "1"])
+    rows = read(tmp_path / "len/train.jsonl")
+    assert {r["user_id"] for r in rows} == {"user_0", "user_1", "user_2", "user_3"}
+    assert sum(r["group"] == "majority" for r in rows) == 3 * 250  # round(0.7 * 4) = 3 majority users
+    longer = [len(r["chosen"]) > len(r["rejected"]) for r in rows]
+    assert all(x == (r["group"] == "majority") for x, r in zip(longer, rows))
+
+
+# -- TL;DR --------------------------------------------------------------------------------------
+def comparison(worker, split, a, b, policies=("sup4_6b_t0.7", "sup4_t0.7")):
+    return {
+        "info": {"id": "t3_x", "post": "My post.", "title": "A title", "subreddit": "tifu"},
+        "summaries": [
+            {"text": a, "policy": policies[0], "note": None},
+            {"text": b, "policy": policies[1], "note": None},
+        ],
+        "choice": 0,
+        "worker": worker,
+        "batch": "batch3",
+        "split": split,
+        "extra": {},
+    }
+
+
+def tldr_rows():
+    return (
+        [comparison("w_top", "train", " short", " a longer summary") for _ in range(3)]
+        + [comparison("w_second", "train", " a much longer summary here", " tiny") for _ in range(2)]
+        + [comparison("w_third", "train", " x", " yy")]
+        + [
+            comparison("w_top", "valid1", " a", " bbb"),
+            comparison("w_top", "valid2", " cc", " d"),
+            comparison("w_third", "valid2", " e", " ffff"),
+        ]
+        + [
+            comparison("w_top", "train", " same", " same"),
+            comparison("w_top", "train", " abc", " xyz"),
+            comparison("w_top", "train", " a", " b", policies=("sup4_ppo_rm3", "sup4_t0.7")),
+            comparison("w_top", "train", " a", " bb", policies=("ref", "sup4_t0.7")),
+        ]
+    )
+
+
+def write_tldr_source(directory):
+    path = directory / "batch3.json"  # JSON lines despite the suffix, as published
+    path.write_text("".join(json.dumps(r) + "\n" for r in tldr_rows()))
+    return path
+
+
+def test_tldr_length(tmp_path):
+    from plrlhf.builders.tldr import build_tldr_length
+
+    path = write_tldr_source(tmp_path)
+    report = build_tldr_length([path], tmp_path / "out", n_users=2, longer_share=1.0, seed=0)
+    assert report["dropped"] == {
+        "identical summaries": 1,
+        "equal lengths": 1,
+        "not both supervised policies": 2,
+    }
+    train = read(tmp_path / "out/train.jsonl")
+    assert {r["user_id"] for r in train} == {"w_top", "w_second"}  # top 2 by train comparisons
+    assert all(len(r["chosen"]) > len(r["rejected"]) for r in train)  # everyone prefers longer here
+    assert train[0]["prompt"] == "SUBREDDIT: r/tifu\nTITLE: A title\nPOST: My post.\nTL;DR:"
+    assert [r["user_id"] for r in read(tmp_path / "out/validation.jsonl")] == ["w_top"]
+    assert sorted(r["user_id"] for r in read(tmp_path / "out/test.jsonl")) == [
+        "w_third",
+        "w_top",
+    ]  # unseen too
+    report = build_tldr_length([path], tmp_path / "short", n_users=2, longer_share=0.0)
+    assert all(len(r["chosen"]) < len(r["rejected"]) for r in read(tmp_path / "short/train.jsonl"))
+
+
+# -- P-SOUPS ------------------------------------------------------------------------------------
+def write_psoups_source(directory):
+    from plrlhf.builders.psoups import PROFILES
+
+    source = directory / "psoups"
+    source.mkdir()
+    for profile, instruction in PROFILES.items():
+        no_comma = instruction.replace(",", "")
+        records = [
+            {
+                "user_input": f"Explain topic {i}. {instruction if i % 2 else no_comma}",
+                "completion_a": f"good {profile} {i}",
+                "completion_b": f"bad {i}",
+            }
+            for i in range(20)
+        ]
+        records += [
+            records[0],
+            {"user_input": "x", "completion_a": "same", "completion_b": "same"},
+            {"user_input": "Explain without instruction.", "completion_a": "a", "completion_b": "b"},
+        ]
+        (source / f"{profile}.json").write_text(json.dumps(records))
+    return source
+
+
+def test_psoups(tmp_path):
+    from plrlhf.builders.psoups import PROFILES, build_psoups
+
+    source = write_psoups_source(tmp_path)
+    report = build_psoups(source, tmp_path / "out", fractions=(0.8, 0.1, 0.1))
+    assert report["dropped"] == {
+        "duplicate within profile": 6,
+        "identical completions": 6,
+        "(kept) preference instruction not found": 6,
+    }
+    rows = [r for s in ("train", "validation", "test") for r in read(tmp_path / f"out/{s}.jsonl")]
+    assert len(rows) == 6 * 21 and {r["user_id"] for r in rows} == set(PROFILES)
+    assert all(r["chosen"].startswith("good") or r["chosen"] == "a" for r in rows)
+    assert {r["prompt"] for r in rows if r["user_id"] == "P2A" and "topic 3." in r["prompt"]} == {
+        "Explain topic 3."
+    }
+    assert [len(read(tmp_path / f"out/{s}.jsonl")) for s in ("train", "validation", "test")] == [102, 12, 12]
+
+
+# -- PRISM --------------------------------------------------------------------------------------
+def prism_conversation(cid, user, turns=2, empty_reply=False):
+    history = []
+    for t in range(turns):
+        history.append({"turn": t, "role": "user", "content": f"{cid} question {t}"})
+        n = 4 if t == 0 else 2
+        for k in range(n):
+            content = "EMPTY STRING" if (empty_reply and k == n - 1) else f"{cid} reply {t}.{k}"
+            history.append(
+                {
+                    "turn": t,
+                    "role": "model",
+                    "content": content,
+                    "model_name": "m",
+                    "score": 50,
+                    "if_chosen": k == 1,
+                    "within_turn_id": k,
+                    "model_provider": "openai",
+                }
+            )
+    return {
+        "conversation_id": cid,
+        "user_id": user,
+        "conversation_type": "unguided",
+        "opening_prompt": "",
+        "conversation_turns": turns,
+        "conversation_history": history,
+    }
+
+
+def survey(user):
+    return {
+        "user_id": user,
+        "self_description": f"I am {user}.",
+        "age": "25-34 years old",
+        "gender": "Female",
+        "education": "",
+        "stated_prefs": {
+            "values": 10,
+            "fluency": 90,
+            "factuality": 80,
+            "safety": 95,
+            "diversity": 5,
+            "other_text": "n/a",
+        },
+        "order_stated_prefs": {"values": 1, "fluency": 2, "factuality": 3, "safety": 4},
+    }
+
+
+def write_prism_source(directory):
+    source = directory / "prism"
+    source.mkdir()
+    users = [f"user{i}" for i in range(10)]
+    conversations = [prism_conversation(f"c{u}{j}", u) for u in users for j in range(3)]
+    conversations += [
+        prism_conversation("lonely", "user_lonely"),  # one dialogue: unseen
+        prism_conversation("broken", "user0", turns=1) | {"conversation_history": []},
+        prism_conversation("withempty", "user1", turns=1, empty_reply=True),
+    ]
+    (source / "conversations.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    (source / "survey.jsonl").write_text(
+        "".join(json.dumps(survey(u)) + "\n" for u in [*users, "user_lonely"])
+    )
+    return source
+
+
+def test_prism(tmp_path):
+    from plrlhf.builders.prism import build_prism
+
+    source = write_prism_source(tmp_path)
+    users = [f"user{i}" for i in range(10)]
+    report = build_prism(source, tmp_path / "out", seed=123)
+    assert report["dropped"] == {"conversation without a usable turn": 1, "empty reply": 1}
+    splits = {s: read(tmp_path / f"out/{s}.jsonl") for s in ("train", "validation", "test")}
+    every = [r for v in splits.values() for r in v]
+    # turn 0: chosen vs 3 others; turn 1: chosen vs 1 other -> 4 triples per two-turn conversation
+    assert len(every) == 4 * 31 + 2
+    first = next(r for r in every if r["conversation_id"] == "cuser30" and r["turn"] == 1)
+    assert first["chosen"] == "cuser30 reply 1.1" and first["rejected"] == "cuser30 reply 1.0"
+    # history: system text, then user turn 0, the chosen reply of turn 0, then the turn-1 question
+    assert [m["role"] for m in first["prompt"]] == ["system", "user", "assistant", "user"]
+    assert first["prompt"][2]["content"] == "cuser30 reply 0.1"
+    system = first["prompt"][0]["content"]
+    assert "safety, fluency, factuality" in system and "I am user3." in system and "age: 25-34" in system
+    # users: 9 of 11 seen (seeded), minus any with one dialogue; unseen users only in test
+    train_users = {r["user_id"] for r in splits["train"]}
+    assert "user_lonely" not in train_users and "user_lonely" in {r["user_id"] for r in splits["test"]}
+    order = sorted([*users, "user_lonely"])
+    random.Random(123).shuffle(order)
+    assert train_users == set(order[:9]) - {"user_lonely"}
+    conversations_of = lambda split: {r["conversation_id"] for r in splits[split]}  # noqa: E731
+    assert not (conversations_of("train") & conversations_of("test"))
+    # the builder's conversational records go through the data module's chat rendering
+    from plrlhf import PreferenceDataModule
+    from tests.conftest import TOKENIZER
+
+    dm = PreferenceDataModule(
+        TOKENIZER, train=str(tmp_path / "out/train.jsonl"), max_length=512, max_prompt_length=400
+    )
+    dm.setup("fit")
+    assert dm.stats["train"].kept == len(splits["train"])
