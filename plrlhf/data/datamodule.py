@@ -68,6 +68,7 @@ class PreferenceDataModule(LightningDataModule):
         num_workers: int = 0,
         group_by_length: bool = False,
         seed: int = 0,
+        shuffle: bool = True,
     ) -> None:
         """
         Args:
@@ -92,6 +93,7 @@ class PreferenceDataModule(LightningDataModule):
             group_by_length: batch training triples of similar length (shuffled buckets) to cut
                 padding; the summary line reports the padding share either way.
             seed: seed of the length-grouped order (shuffling otherwise follows the global seed).
+            shuffle: shuffle the training triples each epoch (off: file order, e.g. to compare runs).
         """
         super().__init__()
         self.tokenizer_path = tokenizer
@@ -115,6 +117,7 @@ class PreferenceDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.group_by_length = group_by_length
         self.seed = seed
+        self.shuffle = shuffle
         self._registry: UserRegistry | None = None
         self._user_keys: NameTable | None = None
         self._group_keys = NameTable([""])
@@ -287,7 +290,7 @@ class PreferenceDataModule(LightningDataModule):
         shuffled = padding_share(triples, _random_batches(len(triples), self.batch_size, self.seed))
         if not self.group_by_length:
             rank_zero_info(f"train: padding is about {shuffled:.1%} of batch tokens (group_by_length: false)")
-            return self._loader("train", True, self.batch_size)
+            return self._loader("train", self.shuffle, self.batch_size)
         sampler = LengthGroupedSampler([_width(t) for t in triples], self.batch_size, seed=self.seed)
         grouped = padding_share(triples, sampler.batches())
         rank_zero_info(

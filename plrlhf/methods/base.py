@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from plrlhf.generation import generate
 from plrlhf.losses import PreferenceLoss, Sigmoid
@@ -88,6 +89,7 @@ class PreferenceModule(LightningModule):
         reference_cache_dir: str | None = ".cache/plrlhf/reference",
         shared_prompt: bool = False,
         generation: dict[str, Any] | None = None,
+        on_nonfinite: Literal["stop", "skip"] = "stop",
     ) -> None:
         """
         Args:
@@ -113,6 +115,9 @@ class PreferenceModule(LightningModule):
                 values, fewer tokens; needs a model that honours a 4D attention mask.
             generation: keyword arguments of transformers' ``generate`` for ``predict`` on prompts
                 (e.g. ``{max_new_tokens: 64, do_sample: true, top_p: 0.9}``; default: greedy, 128).
+            on_nonfinite: a NaN/inf training loss ``stop``s the run (after saving the last good
+                state to ``<log dir>/checkpoints/nonfinite-last-good.ckpt``) or ``skip``s the
+                batch (counted in ``train/skipped_batches``).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +143,8 @@ class PreferenceModule(LightningModule):
         self.reference_table: Tensor | None = None
         self.shared_prompt = shared_prompt
         self.generation = {"max_new_tokens": 128, "do_sample": False, **(generation or {})}
+        self.on_nonfinite = on_nonfinite
+        self.skipped_batches = 0
         self.pad_token_id = tok.pad_token_id
         self.metrics = nn.ModuleDict({stage: self._new_metrics() for stage in ("val", "test")})
 
@@ -232,7 +239,10 @@ class PreferenceModule(LightningModule):
     def _precomputed_reference(self) -> Tensor:
         trainer = self.trainer
         datamodule = trainer.datamodule
-        loader = datamodule.train_dataloader()
+        # Every triple once, in order, whatever sampler the training loader has (processes split
+        # the batches between them below).
+        train = datamodule.train_dataloader()
+        loader = DataLoader(train.dataset, batch_size=train.batch_size, collate_fn=train.collate_fn)
         path = None
         if self.reference_cache_dir is not None and hasattr(datamodule, "fingerprint"):
             key = cache_key(datamodule.fingerprint("train"), self.policy.reference_fingerprint())
@@ -264,14 +274,36 @@ class PreferenceModule(LightningModule):
             objective = objective + self.nll_weight * nll
         return objective, values
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         objective, values = self._values(batch)
         batch_size = batch["user_ids"].shape[0]
+        # Decided on all processes together: one rank alone skipping or stopping would hang DDP.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(objective)), all=False):
+            return self._nonfinite(batch, batch_idx)
         self.log("train/loss", objective, prog_bar=True, batch_size=batch_size)
         main = values[self.conditions[0]]
         for name in SCALARS[1:]:  # the loss logged above is the full objective
             self.log(f"train/{name}", main[name].mean(), batch_size=batch_size)
         return objective
+
+    def _nonfinite(self, batch: Batch, batch_idx: int) -> None:
+        """Skip the batch, or save the weights (not yet touched by this batch) and stop."""
+        names = getattr(self._datamodule(), "user_names", None)
+        keys = batch["user_keys"].tolist()
+        users = sorted({names[k] if names else str(k) for k in keys})
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}), users {users}"
+        if self.on_nonfinite == "skip":
+            self.skipped_batches += 1
+            self.log("train/skipped_batches", float(self.skipped_batches))
+            rank_zero_warn(f"non-finite loss at {where}: batch skipped")
+            return None
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        path = log_dir / "checkpoints" / "nonfinite-last-good.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise FloatingPointError(
+            f"non-finite loss at {where}; the last good state is saved to {path}. "
+            "Lower the learning rate, check the data, or set model.init_args.on_nonfinite: skip"
+        )
 
     def _eval_step(self, stage: str, batch: Batch) -> None:
         _, values = self._values(batch)
