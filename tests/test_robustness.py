@@ -11,7 +11,8 @@ from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows
 def setup(tmp_path, **kwargs):
     seed_everything(0)
     rows = synthetic_rows("train", 48)
-    dm = PreferenceDataModule(TOKENIZER, train=str(write_jsonl(tmp_path / "t.jsonl", rows)), batch_size=8)
+    path = str(write_jsonl(tmp_path / "t.jsonl", rows))
+    dm = PreferenceDataModule(TOKENIZER, train=path, test=path, batch_size=8)
     module = IndividualPDPO(
         model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=dm.num_users, n_user_tokens=2, **kwargs
     )
@@ -81,3 +82,23 @@ def test_same_seed_same_losses(tmp_path):
         quiet_trainer(tmp_path, max_steps=4, callbacks=[losses]).fit(module, datamodule=dm)
         runs.append(losses.losses)
     assert len(runs[0]) == 4 and runs[0] == runs[1]
+
+
+def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
+    dm, module = setup(tmp_path)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "small.ckpt")
+    bigger = IndividualPDPO(
+        model={**TINY_MODELS["llama"], "hidden_size": 64},
+        tokenizer=TOKENIZER,
+        num_users=dm.num_users,
+        n_user_tokens=2,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit this model: 44 of another shape .*'hidden_size': 32.*'hidden_size': 64",
+    ):
+        quiet_trainer(tmp_path).test(
+            bigger, datamodule=dm, ckpt_path=tmp_path / "small.ckpt", verbose=False, weights_only=False
+        )

@@ -410,6 +410,31 @@ class PreferenceModule(LightningModule):
         trainer = self._trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, with names and shapes, a checkpoint of another model (Lightning would raise a
+        long state-dict error, or silently keep a reference table of other data)."""
+        theirs = checkpoint.get("state_dict", {})
+        ours = self.state_dict()
+        missing = sorted(ours.keys() - theirs.keys())
+        unexpected = sorted(theirs.keys() - ours.keys())
+        reshaped = [k for k in ours.keys() & theirs.keys() if tuple(ours[k].shape) != tuple(theirs[k].shape)]
+        if missing or unexpected or reshaped:
+            saved = checkpoint.get("hyper_parameters", {})
+            details = [
+                f"{len(missing)} weights missing (e.g. {missing[:2]})" if missing else "",
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
+                f"{len(reshaped)} of another shape (e.g. {reshaped[0]}: checkpoint "
+                f"{tuple(theirs[reshaped[0]].shape)}, this model {tuple(ours[reshaped[0]].shape)})"
+                if reshaped
+                else "",
+            ]
+            problems = "; ".join(d for d in details if d)
+            raise ValueError(
+                f"the checkpoint does not fit this model: {problems}. It was trained "
+                f"with model={saved.get('model')!r}, num_users={saved.get('num_users')!r}; this run builds "
+                f"model={self.hparams.get('model')!r}, num_users={self.num_users!r}"
+            )
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())
         if self.lr_scheduler_factory is None:
