@@ -45,7 +45,7 @@ def base_preference() -> dict[str, float]:
             "base",
         ]
     )
-    rows = [json.loads(line) for line in (OUT / "base/predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (OUT / "base/predict/predictions.jsonl").read_text().splitlines()]
     result = {
         u: statistics.mean(r["logps/chosen"] > r["logps/rejected"] for r in rows if r["user_id"] == u)
         for u in USERS
@@ -68,7 +68,7 @@ def train_and_test(method: str) -> dict[str, float]:
     )
     run = OUT / method
     main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt")])
-    return json.loads((run / "test_metrics.json").read_text())
+    return json.loads((run / "test" / "test_metrics.json").read_text())
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def generate(run: Path, prompts: Path) -> list[dict]:
             str(prompts),
         ]
     )
-    return [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "predict" / "predictions.jsonl").read_text().splitlines()]
 
 
 def mean_lengths(rows: list[dict], groups: dict[str, str], seen: set[str]) -> dict[str, float]:

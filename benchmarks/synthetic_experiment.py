@@ -47,7 +47,7 @@ def run(method: str, extra: list[str], out: Path) -> dict[str, float]:
             str(log_dir / "checkpoints/last.ckpt"),
         ]
     )
-    metrics = json.loads((log_dir / "test_metrics.json").read_text())
+    metrics = json.loads((log_dir / "test" / "test_metrics.json").read_text())
     metrics["seconds"] = time.perf_counter() - started
     return metrics
 

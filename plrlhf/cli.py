@@ -40,6 +40,18 @@ class PlrlhfCLI(LightningCLI):
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
+    def before_instantiate_classes(self) -> None:
+        # Evaluating a run from its saved config would reuse the run's logger version, and the
+        # logger would replace the training metrics there: evaluation logs go one level down.
+        if self.subcommand in (None, "fit"):
+            return
+        logger = self.config[self.subcommand].trainer.logger
+        init_args = getattr(logger, "init_args", None)
+        version = getattr(init_args, "version", None)
+        if init_args is not None and version not in (None, ""):
+            run = f"version_{version}" if isinstance(version, int) else version  # as the loggers name it
+            init_args.version = f"{run}/{self.subcommand}"
+
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args

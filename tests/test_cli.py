@@ -227,7 +227,7 @@ def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
     (checkpoint,) = (log_dir / "checkpoints").glob("*.ckpt")
     capsys.readouterr()
     run(["test", "--config", str(log_dir / "config.yaml"), "--ckpt_path", str(checkpoint)])
-    metrics = json.loads((log_dir / "test_metrics.json").read_text())
+    metrics = json.loads((log_dir / "test" / "test_metrics.json").read_text())
     for name in (
         "test/loss",
         "test/rewards/accuracy",
@@ -258,7 +258,9 @@ def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
             str(test),
         ]
     )
-    predictions = [json.loads(line) for line in (log_dir / "predictions.jsonl").read_text().splitlines()]
+    predictions = [
+        json.loads(line) for line in (log_dir / "predict" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert (
         len(predictions) == 40
         and predictions[0]["user_id"] == json.loads(test.read_text().splitlines()[0])["user_id"]

@@ -71,6 +71,6 @@ def test_quickstart_serves_every_seen_user(tmp_path, monkeypatch):
     main(["fit", "--config", "configs/quickstart.yaml", *save])
     run = tmp_path / "quickstart"
     main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt")])
-    metrics = json.loads((run / "test_metrics.json").read_text())
+    metrics = json.loads((run / "test" / "test_metrics.json").read_text())
     seen = [v for k, v in metrics.items() if k.startswith("test/rewards/accuracy/user/user_")]
     assert len(seen) == 8 and min(seen) > 0.9
