@@ -19,6 +19,8 @@ import json
 import statistics
 from pathlib import Path
 
+from cli_steps import fit, test
+
 from plrlhf.builders.hh_relabeled import build_hh_relabeled
 from plrlhf.cli import main
 from plrlhf.gguf import convert, smollm2_gguf
@@ -55,20 +57,7 @@ def base_preference() -> dict[str, float]:
 
 
 def train_and_test(method: str) -> dict[str, float]:
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / f"configs/method/{method}.yaml"),
-            "--config",
-            EXPERIMENT,
-            "--trainer.logger.init_args.version",
-            method,
-        ]
-    )
-    run = OUT / method
-    main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt")])
-    return json.loads((run / "test" / "test_metrics.json").read_text())
+    return test(fit(method, EXPERIMENT, OUT, method))
 
 
 if __name__ == "__main__":

@@ -22,30 +22,10 @@ import json
 import statistics
 from pathlib import Path
 
-from plrlhf.cli import main
+from cli_steps import fit, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = str(ROOT / "configs/experiment/synthetic-length.yaml")
-
-
-def fit(method: str, out: Path, version: str, *extra: str) -> Path:
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / f"configs/method/{method}.yaml"),
-            "--config",
-            EXPERIMENT,
-            "--trainer.logger.init_args.save_dir",
-            str(out),
-            "--trainer.logger.init_args.version",
-            version,
-            "--data.init_args.validation",
-            "null",
-            *extra,
-        ]
-    )
-    return out / version
 
 
 def prompts_file(out: Path, n: int) -> tuple[Path, dict[str, str]]:
@@ -56,21 +36,6 @@ def prompts_file(out: Path, n: int) -> tuple[Path, dict[str, str]]:
     path = out / "prompts.jsonl"
     path.write_text("".join(json.dumps({"user_id": u, "prompt": p}) + "\n" for u in groups for p in prompts))
     return path, groups
-
-
-def generate(run: Path, prompts: Path) -> list[dict]:
-    main(
-        [
-            "predict",
-            "--config",
-            str(run / "config.yaml"),
-            "--ckpt_path",
-            str(run / "checkpoints/last.ckpt"),
-            "--data.init_args.predict",
-            str(prompts),
-        ]
-    )
-    return [json.loads(line) for line in (run / "predict" / "predictions.jsonl").read_text().splitlines()]
 
 
 def mean_lengths(rows: list[dict], groups: dict[str, str], seen: set[str]) -> dict[str, float]:
@@ -91,16 +56,27 @@ if __name__ == "__main__":
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sft = fit("sft", out, "sft", "--trainer.callbacks+=plrlhf.callbacks.Export")
+    sft = fit(
+        "sft",
+        EXPERIMENT,
+        out,
+        "sft",
+        "--data.init_args.validation",
+        "null",
+        "--trainer.callbacks+=plrlhf.callbacks.Export",
+    )
     sft_model = str(sft / "export/model")
     prompts, groups = prompts_file(out, args.prompts)
     seen = set(json.loads((sft / "users.json").read_text())["users"])
-    results = {"sft": mean_lengths(generate(sft, prompts), groups, seen)}
+    results = {"sft": mean_lengths(predict(sft, prompts), groups, seen)}
     for method in ("dpo", "individual_pdpo"):
         run = fit(
             method,
+            EXPERIMENT,
             out,
             method,
+            "--data.init_args.validation",
+            "null",
             "--model.init_args.model",
             sft_model,
             "--model.init_args.generation",
@@ -109,7 +85,7 @@ if __name__ == "__main__":
             "1.0",
             *args.extra,
         )
-        results[method] = mean_lengths(generate(run, prompts), groups, seen)
+        results[method] = mean_lengths(predict(run, prompts), groups, seen)
     columns = sorted({k for r in results.values() for k in r})
     print("| model | " + " | ".join(columns) + " | majority / minority (seen) |")
     print("|---" * (len(columns) + 2) + "|")

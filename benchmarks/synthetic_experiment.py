@@ -15,39 +15,15 @@ import json
 import time
 from pathlib import Path
 
-from plrlhf.cli import main
+from cli_steps import fit, test
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "configs/experiment/synthetic-length.yaml"
 
 
 def run(method: str, extra: list[str], out: Path) -> dict[str, float]:
-    log_dir = out / method
     started = time.perf_counter()
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / f"configs/method/{method}.yaml"),
-            "--config",
-            str(EXPERIMENT),
-            "--trainer.logger.init_args.save_dir",
-            str(out),
-            "--trainer.logger.init_args.version",
-            method,
-            *extra,
-        ]
-    )
-    main(
-        [
-            "test",
-            "--config",
-            str(log_dir / "config.yaml"),
-            "--ckpt_path",
-            str(log_dir / "checkpoints/last.ckpt"),
-        ]
-    )
-    metrics = json.loads((log_dir / "test" / "test_metrics.json").read_text())
+    metrics = test(fit(method, EXPERIMENT, out, method, *extra))
     metrics["seconds"] = time.perf_counter() - started
     return metrics
 

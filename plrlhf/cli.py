@@ -37,6 +37,12 @@ class PlrlhfCLI(LightningCLI):
             compute_fn=lambda data: data.num_users,
             apply_on="instantiate",
         )
+        # Length grouping follows the method's row layout (a scalar, from the shared base class).
+        parser.link_arguments(
+            "model.init_args.shared_prompt",
+            "data.init_args.length_layout",
+            compute_fn=lambda shared: "shared_prompt" if shared else "pair",
+        )
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 

@@ -67,6 +67,7 @@ class PreferenceDataModule(LightningDataModule):
         user_registry: str | None = None,
         num_workers: int = 0,
         group_by_length: bool = False,
+        length_layout: Literal["pair", "shared_prompt"] = "pair",
         seed: int = 0,
         shuffle: bool = True,
     ) -> None:
@@ -92,6 +93,10 @@ class PreferenceDataModule(LightningDataModule):
             num_workers: data loader worker processes.
             group_by_length: batch training triples of similar length (shuffled buckets) to cut
                 padding; the summary line reports the padding share either way.
+            length_layout: the row layout whose lengths batches are grouped by and padding is
+                reported for: ``pair`` (one row per response: prompt + response) or
+                ``shared_prompt`` (one row per triple: prompt + both responses, for methods with
+                ``shared_prompt: true``).
             seed: seed of the length-grouped order (shuffling otherwise follows the global seed).
             shuffle: shuffle the training triples each epoch (off: file order, e.g. to compare runs).
         """
@@ -117,6 +122,7 @@ class PreferenceDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.group_by_length = group_by_length
         self.seed = seed
+        self.length_layout = length_layout
         self.shuffle = shuffle
         self._registry: UserRegistry | None = None
         self._user_keys: NameTable | None = None
@@ -287,14 +293,17 @@ class PreferenceDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         triples = self.datasets["train"] if "train" in self.datasets else []
-        shuffled = padding_share(triples, _random_batches(len(triples), self.batch_size, self.seed))
+        shared = self.length_layout == "shared_prompt"
+        shuffled = padding_share(triples, _random_batches(len(triples), self.batch_size, self.seed), shared)
+        layout = f"{self.length_layout} rows"
         if not self.group_by_length:
-            rank_zero_info(f"train: padding is about {shuffled:.1%} of batch tokens (group_by_length: false)")
+            rank_zero_info(f"train: padding is about {shuffled:.1%} of {layout} (group_by_length: false)")
             return self._loader("train", self.shuffle, self.batch_size)
-        sampler = LengthGroupedSampler([_width(t) for t in triples], self.batch_size, seed=self.seed)
-        grouped = padding_share(triples, sampler.batches())
+        widths = [_row_width(t, shared) for t in triples]
+        sampler = LengthGroupedSampler(widths, self.batch_size, seed=self.seed)
+        grouped = padding_share(triples, sampler.batches(), shared)
         rank_zero_info(
-            f"train: padding is {grouped:.1%} of batch tokens with group_by_length ({shuffled:.1%} without)"
+            f"train: padding is {grouped:.1%} of {layout} with group_by_length ({shuffled:.1%} without)"
         )
         return self._loader("train", False, self.batch_size, sampler=sampler)
 
@@ -349,13 +358,25 @@ def _width(triple: EncodedTriple) -> int:
     return len(triple.prompt_ids) + max(len(triple.chosen_ids), len(triple.rejected_ids))
 
 
-def padding_share(triples: list[EncodedTriple], batches: list[list[int]]) -> float:
-    """Share of padding among the tokens of ``batches`` (2 rows per triple, right-padded)."""
+def _row_width(triple: EncodedTriple, shared_prompt: bool) -> int:
+    """Row width a triple needs: its longer ``[prompt; response]`` row, or ``[prompt, chosen,
+    rejected]`` in the shared-prompt layout."""
+    if shared_prompt:
+        return len(triple.prompt_ids) + len(triple.chosen_ids) + len(triple.rejected_ids)
+    return _width(triple)
+
+
+def padding_share(
+    triples: list[EncodedTriple], batches: list[list[int]], shared_prompt: bool = False
+) -> float:
+    """Share of padding among the tokens of right-padded ``batches`` of ``triples`` (two rows per
+    triple, or one row per triple in the shared-prompt layout)."""
+    rows = 1 if shared_prompt else 2
     real = padded = 0
     for batch in batches:
         members = [triples[i] for i in batch]
-        real += sum(2 * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in members)
-        padded += 2 * len(members) * max(_width(t) for t in members)
+        real += sum(rows * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in members)
+        padded += rows * len(members) * max(_row_width(t, shared_prompt) for t in members)
     return 1 - real / padded if padded else 0.0
 
 
