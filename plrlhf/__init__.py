@@ -6,7 +6,7 @@ rebuild them from a checkpoint.
 
 from plrlhf.data import DataError, PreferenceDataModule, UserRegistry
 from plrlhf.methods import DPO, PDPO, SFT, ClusterPDPO, IndividualPDPO, PreferenceModule
-from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel, LowRankUserModel, UserModel
 
 __all__ = [
     "DPO",
@@ -17,6 +17,7 @@ __all__ = [
     "DataError",
     "IndividualPDPO",
     "IndividualUserModel",
+    "LowRankUserModel",
     "PreferenceDataModule",
     "PreferenceModule",
     "UserModel",

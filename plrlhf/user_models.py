@@ -177,3 +177,44 @@ class ClusterUserModel(UserModel):
     def forward(self, user_ids: Tensor) -> Tensor:
         weights = self.weights(user_ids).to(self.clusters.dtype)
         return torch.einsum("bk,ktd->btd", weights, self.clusters)
+
+
+class LowRankUserModel(UserModel):
+    """Per-user coefficients over shared basis soft tokens: ``e_u = e_0 + sum_j a_uj B_j``.
+
+    A user costs ``rank`` floats instead of ``n_tokens * hidden_size`` (10 x 4096 for a 7B model),
+    so millions of users fit. The generic user 0 has no coefficients (``e_0``).
+    """
+
+    def __init__(
+        self, num_users: int, hidden_size: int, n_tokens: int = 10, rank: int = 16, seed: int = 123
+    ) -> None:
+        """
+        Args:
+            num_users: users seen in training, N.
+            hidden_size: the LM's embedding size, d.
+            n_tokens: soft tokens per user, T_u.
+            rank: coefficients per user, r.
+            seed: seed of the vocabulary sampling of ``e_0`` and the basis.
+        """
+        super().__init__()
+        self.num_users = num_users
+        self.n_tokens = n_tokens
+        self.rank = rank
+        self.seed = seed
+        self.generic_tokens = nn.Parameter(torch.zeros(n_tokens, hidden_size))
+        self.basis = nn.Parameter(torch.zeros(rank, n_tokens, hidden_size))
+        self.coefficients = nn.Embedding(num_users + 1, rank)
+        nn.init.zeros_(self.coefficients.weight)  # every user starts as the generic user
+
+    def initialize(self, token_embeddings: Tensor) -> None:
+        with torch.no_grad():
+            self.generic_tokens.copy_(sample_vocabulary_rows(token_embeddings, (self.n_tokens,), self.seed))
+            rows = sample_vocabulary_rows(token_embeddings, (self.rank, self.n_tokens), self.seed + 1)
+            # Directions the size of one token embedding, spread over the basis.
+            self.basis.copy_(rows / self.rank**0.5)
+
+    def forward(self, user_ids: Tensor) -> Tensor:
+        is_user = (user_ids > 0).to(self.basis.dtype)[:, None]
+        coefficients = self.coefficients(user_ids) * is_user
+        return self.generic_tokens + torch.einsum("br,rtd->btd", coefficients, self.basis)

@@ -74,3 +74,11 @@ def test_quickstart_serves_every_seen_user(tmp_path, monkeypatch):
     metrics = json.loads((run / "test" / "test_metrics.json").read_text())
     seen = [v for k, v in metrics.items() if k.startswith("test/rewards/accuracy/user/user_")]
     assert len(seen) == 8 and min(seen) > 0.9
+
+
+def test_low_rank_user_model_serves_the_minority(tmp_path):
+    from plrlhf import PDPO, LowRankUserModel
+
+    factory = functools.partial(LowRankUserModel, n_tokens=10, rank=4)
+    low_rank = train_and_test(PDPO, tmp_path, user_model=factory, user_model_lr=0.01)
+    assert accuracy(low_rank, "majority") > 0.9 and accuracy(low_rank, "minority") > 0.9

@@ -60,3 +60,20 @@ def test_cluster_weights_sum_to_one_and_mix_clusters():
     assert_close(out[2], torch.einsum("k,ktd->td", weights[2], model.clusters))
     out.sum().backward()
     assert model.user_logits.weight.grad[0].abs().sum() > 0  # the generic user's row is learned
+
+
+def test_low_rank_users_cost_rank_floats_and_start_generic():
+    from plrlhf.user_models import LowRankUserModel
+
+    model = LowRankUserModel(num_users=1000, hidden_size=8, n_tokens=3, rank=4)
+    model.initialize(VOCAB)
+    out = model(torch.tensor([0, 1, 999]))
+    assert out.shape == (3, 3, 8)
+    assert_close(out[1], out[0]) and assert_close(out[2], out[0])
+    assert model.coefficients.weight.shape == (1001, 4)  # r floats per user
+    with torch.no_grad():
+        model.coefficients.weight[1] = torch.tensor([1.0, 0.0, 0.0, 2.0])
+    out = model(torch.tensor([0, 1]))
+    assert_close(out[1], model.generic_tokens + model.basis[0] + 2 * model.basis[3])
+    out.sum().backward()
+    assert model.coefficients.weight.grad[0].abs().sum() == 0  # the generic user has no coefficients
