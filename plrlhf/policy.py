@@ -229,13 +229,18 @@ class Policy(nn.Module):
             self.lm.train(was_training)
 
     def reference_fingerprint(self) -> str:
-        """A cheap checksum of the reference weights (names, shapes, sums), to key caches."""
+        """A cheap checksum of the reference weights (names, shapes, sums), to key caches.
+
+        With sharded weights (FSDP2) every process must call it: shards are gathered one by one.
+        """
         digest = hashlib.sha256(str(self.reference_free).encode())
         if not self.reference_free:
             with self._reference_model() as model:
                 for name, p in model.named_parameters():
                     if "lora_" not in name:
-                        digest.update(f"{name}{tuple(p.shape)}{p.detach().float().sum().item():.6e}".encode())
+                        value = p.detach()
+                        value = value.full_tensor() if hasattr(value, "full_tensor") else value  # a shard
+                        digest.update(f"{name}{tuple(p.shape)}{value.float().sum().item():.6e}".encode())
         return digest.hexdigest()[:16]
 
 

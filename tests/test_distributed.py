@@ -1,49 +1,42 @@
-"""Two CPU processes (DDP over gloo) give the per-user metrics of one process on the same data."""
+"""Two CPU processes (DDP, FSDP2; gloo) give the per-user metrics of one process on the same data,
+and an FSDP2 checkpoint tests on one process."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer, seed_everything
-from torch.utils.data import DataLoader, DistributedSampler
 
 from plrlhf import IndividualPDPO, PreferenceDataModule
-from tests.conftest import TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
+from plrlhf.cli import main
+from tests.conftest import ROOT, TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
+
+STEPS = 4
 
 
-class InOrder(PreferenceDataModule):
-    """Training data in file order under DDP too (Lightning's own distributed sampler always
-    shuffles training data), so that one and two processes see the same triples in each step."""
-
-    def _distributed(self, loader):
-        if self.trainer.world_size == 1:
-            return loader
-        sampler = DistributedSampler(
-            loader.dataset, self.trainer.world_size, self.trainer.global_rank, shuffle=False
-        )
-        return DataLoader(
-            loader.dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn
-        )
-
-    def train_dataloader(self):
-        return self._distributed(super().train_dataloader())
-
-    def test_dataloader(self):
-        return self._distributed(super().test_dataloader())
+def data_files(directory):
+    directory.mkdir(exist_ok=True)
+    train = write_jsonl(directory / "train.jsonl", synthetic_rows("train", 48))
+    test = write_jsonl(directory / "test.jsonl", synthetic_rows("test", 80))
+    return train, test
 
 
 def run(tmp_path, devices: int):
     tmp_path.mkdir()
     seed_everything(0)
-    train = write_jsonl(tmp_path / "train.jsonl", synthetic_rows("train", 48))
-    test = write_jsonl(tmp_path / "test.jsonl", synthetic_rows("test", 80))
-    # Same global batch: 8 triples in one process, 4 per process in two. No shuffling, so both
-    # runs see the same triples in every step (the distributed sampler interleaves them).
-    dm = InOrder(
+    train, test = data_files(tmp_path)
+    # Same global batch: 8 triples in one process, 4 per process in two; the training order is
+    # made of global batches, so both runs train on the same triples in every step.
+    dm = PreferenceDataModule(
         TOKENIZER,
         train=str(train),
         test=str(test),
         batch_size=8 // devices,
         eval_batch_size=10,
-        shuffle=False,
     )
     module = IndividualPDPO(
         model=TINY_MODELS["llama"],
@@ -57,7 +50,7 @@ def run(tmp_path, devices: int):
         accelerator="cpu",
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
-        max_steps=4,
+        max_steps=STEPS,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -69,9 +62,12 @@ def run(tmp_path, devices: int):
     return metrics
 
 
-def test_ddp_matches_one_process(tmp_path):
-    single = run(tmp_path / "one", devices=1)
-    ddp = run(tmp_path / "two", devices=2)
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("single") / "one", devices=1)
+
+
+def assert_same_per_user_metrics(single, ddp):
     per_user = [k for k in single if "/user/" in k or "/group/" in k or k.endswith(("seen", "unseen"))]
     assert len(per_user) > 20 and set(per_user) <= set(ddp)
     for key in per_user:
@@ -80,3 +76,77 @@ def test_ddp_matches_one_process(tmp_path):
     torch.testing.assert_close(
         torch.tensor(ddp["test/loss"]), torch.tensor(single["test/loss"]), atol=2e-3, rtol=0
     )
+
+
+def test_ddp_matches_one_process(single, tmp_path):
+    assert_same_per_user_metrics(single, run(tmp_path / "two", devices=2))
+
+
+def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(single, tmp_path):
+    """FSDP2 on two CPU processes with the preset (a subprocess: the strategy launches its
+    processes by running the command again), then ``plrlhf test`` of its checkpoint in this one."""
+    train, test = data_files(tmp_path)
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_steps": STEPS,
+            "logger": False,
+            "enable_progress_bar": False,
+            "gradient_clip_val": None,
+            "default_root_dir": str(tmp_path / "run"),
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "filename": "final"},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "plrlhf.IndividualPDPO",
+            "init_args": {
+                "model": TINY_MODELS["llama"],
+                "n_user_tokens": 2,
+                "precompute_reference": True,
+                "reference_cache_dir": None,
+            },
+        },
+        "data": {
+            "class_path": "plrlhf.PreferenceDataModule",
+            "init_args": {"tokenizer": TOKENIZER, "train": str(train), "test": str(test), "batch_size": 4},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    preset = str(ROOT / "configs" / "trainer" / "fsdp2-cpu.yaml")
+    cmd = [sys.executable, "-m", "plrlhf.cli", "fit", "--config", preset, "--config", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "ckpt" / "final.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == STEPS
+    # a full (gathered) checkpoint: plain tensors of the full shapes, loadable without the strategy
+    embedding = checkpoint["state_dict"]["user_model.offsets.weight"]
+    assert type(embedding) is torch.Tensor and embedding.shape == (dm_users(train) + 1, 2 * 32)
+
+    main(
+        [
+            "test",
+            "--config",
+            str(path),
+            "--data.init_args.batch_size",
+            "8",
+            "--data.init_args.eval_batch_size",
+            "10",
+            "--trainer.devices",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path / "test"),
+            "--ckpt_path",
+            str(tmp_path / "ckpt" / "final.ckpt"),
+        ]
+    )
+    fsdp2 = json.loads((tmp_path / "test" / "test_metrics.json").read_text())
+    assert_same_per_user_metrics(single, fsdp2)
+
+
+def dm_users(train):
+    return PreferenceDataModule(TOKENIZER, train=str(train)).num_users

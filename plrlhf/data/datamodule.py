@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import random
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from plrlhf.data.collate import EncodedPrompt, EncodedTriple, PreferenceCollator, PromptCollator
 from plrlhf.data.encoding import Fields, SplitStats, encode_prompts, encode_records
 from plrlhf.data.registry import GENERIC_NAME, UserRegistry
-from plrlhf.data.sampler import LengthGroupedSampler
+from plrlhf.data.sampler import ResumableDataLoader, TrainingSampler, global_batches
 from plrlhf.data.sources import DataError, read_records
 from plrlhf.tokenizer import load_tokenizer
 
@@ -68,7 +68,7 @@ class PreferenceDataModule(LightningDataModule):
         num_workers: int = 0,
         group_by_length: bool = False,
         length_layout: Literal["pair", "shared_prompt"] = "pair",
-        seed: int = 0,
+        seed: int | None = None,
         shuffle: bool = True,
     ) -> None:
         """
@@ -97,7 +97,9 @@ class PreferenceDataModule(LightningDataModule):
                 reported for: ``pair`` (one row per response: prompt + response) or
                 ``shared_prompt`` (one row per triple: prompt + both responses, for methods with
                 ``shared_prompt: true``).
-            seed: seed of the length-grouped order (shuffling otherwise follows the global seed).
+            seed: seed of the training order (default: the run's ``seed_everything``, else 0). The
+                order depends on it and the epoch only, so it is replayed exactly on resume and is
+                the same for any number of processes.
             shuffle: shuffle the training triples each epoch (off: file order, e.g. to compare runs).
         """
         super().__init__()
@@ -271,16 +273,12 @@ class PreferenceDataModule(LightningDataModule):
             raise DataError(", ".join(self.paths[split]), f"no usable examples in the {split} split")
         return triples
 
-    def _loader(
-        self, split: Split, shuffle: bool, batch_size: int, sampler: Sampler | None = None
-    ) -> DataLoader:
+    def _loader(self, split: Split, batch_size: int) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"no {split} data: set data.{split} to a file")
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
             collate_fn=self._collator(split),
             num_workers=self.num_workers,
         )
@@ -291,32 +289,44 @@ class PreferenceDataModule(LightningDataModule):
             return PromptCollator(self.pad_token_id)
         return PreferenceCollator(self.pad_token_id)
 
-    def train_dataloader(self) -> DataLoader:
-        triples = self.datasets["train"] if "train" in self.datasets else []
+    def train_dataloader(self) -> ResumableDataLoader:
+        if "train" not in self.datasets:
+            raise RuntimeError("no train data: set data.train to a file")
+        triples = self.datasets["train"]
         shared = self.length_layout == "shared_prompt"
-        shuffled = padding_share(triples, _random_batches(len(triples), self.batch_size, self.seed), shared)
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        # The data-parallel ranks (under tensor parallelism fewer than the processes).
+        ranks = getattr(strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
+        widths = [_row_width(t, shared) for t in triples] if self.group_by_length else None
+        sampler = TrainingSampler(len(triples), self.batch_size, seed, self.shuffle, widths, **ranks)
         layout = f"{self.length_layout} rows"
-        if not self.group_by_length:
+        shuffled = padding_share(triples, global_batches(len(triples), self.batch_size, seed, 0), shared)
+        if widths is None:
             rank_zero_info(f"train: padding is about {shuffled:.1%} of {layout} (group_by_length: false)")
-            return self._loader("train", self.shuffle, self.batch_size)
-        widths = [_row_width(t, shared) for t in triples]
-        sampler = LengthGroupedSampler(widths, self.batch_size, seed=self.seed)
-        grouped = padding_share(triples, sampler.batches(), shared)
-        rank_zero_info(
-            f"train: padding is {grouped:.1%} of {layout} with group_by_length ({shuffled:.1%} without)"
+        else:
+            grouped = padding_share(triples, sampler.global_batches(), shared)
+            rank_zero_info(
+                f"train: padding is {grouped:.1%} of {layout} with group_by_length ({shuffled:.1%} without)"
+            )
+        return ResumableDataLoader(
+            triples,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=self._collator("train"),
+            num_workers=self.num_workers,
         )
-        return self._loader("train", False, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if "validation" not in self.datasets:
             return []  # validation is optional: Lightning skips an empty list
-        return self._loader("validation", False, self.eval_batch_size)
+        return self._loader("validation", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
+        return self._loader("test", self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", False, self.eval_batch_size)
+        return self._loader("predict", self.eval_batch_size)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -378,12 +388,6 @@ def padding_share(
         real += sum(rows * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in members)
         padded += rows * len(members) * max(_row_width(t, shared_prompt) for t in members)
     return 1 - real / padded if padded else 0.0
-
-
-def _random_batches(size: int, batch_size: int, seed: int) -> list[list[int]]:
-    order = list(range(size))
-    random.Random(seed).shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _merge(a: SplitStats, b: SplitStats) -> SplitStats:

@@ -147,6 +147,7 @@ class PreferenceModule(LightningModule):
         self.skipped_batches = 0
         self.pad_token_id = tok.pad_token_id
         self.metrics = nn.ModuleDict({stage: self._new_metrics() for stage in ("val", "test")})
+        self._sharded = False
 
     # -- what subclasses define ------------------------------------------------------------------
     @property
@@ -252,7 +253,7 @@ class PreferenceModule(LightningModule):
             return compute_reference_table(
                 loader,
                 len(loader.dataset),
-                self._reference_forward,
+                lambda batch: self(batch, output="reference"),
                 self.device,
                 rank=trainer.global_rank,
                 world_size=trainer.world_size,
@@ -263,6 +264,19 @@ class PreferenceModule(LightningModule):
         source = "loaded from" if from_disk else "computed, saved to" if path else "computed"
         rank_zero_info(f"reference log-probs of {len(table)} training triples {source} {path or ''}")
         return table.to(self.device)
+
+    def forward(
+        self, batch: Batch, output: Literal["values", "reference", "generate"] = "values", **settings: Any
+    ) -> Any:
+        """Everything that reads the weights runs here: the objective and per-pair ``values``, the
+        ``reference`` log-probs, or ``generate``d tokens for prompt batches. Wrappers that act around
+        ``forward`` then see all of it: FSDP2's ``fully_shard`` gathers the root's parameters before
+        and frees them after, and reduces their gradients in backward."""
+        if output == "reference":
+            return self._reference_forward(batch)
+        if output == "generate":
+            return self._generate(batch, **settings)
+        return self._values(batch)
 
     def _values(self, batch: Batch) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
         scores = self.score(batch)
@@ -275,7 +289,7 @@ class PreferenceModule(LightningModule):
         return objective, values
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        objective, values = self._values(batch)
+        objective, values = self(batch)
         batch_size = batch["user_ids"].shape[0]
         # Decided on all processes together: one rank alone skipping or stopping would hang DDP.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(objective)), all=False):
@@ -306,7 +320,7 @@ class PreferenceModule(LightningModule):
         )
 
     def _eval_step(self, stage: str, batch: Batch) -> None:
-        _, values = self._values(batch)
+        _, values = self(batch)
         for condition, v in values.items():
             self.metrics[stage][condition].update(
                 v, batch["user_ids"], batch["user_keys"], batch["group_keys"]
@@ -354,13 +368,22 @@ class PreferenceModule(LightningModule):
     ) -> Tensor:
         """New tokens for left-padded prompts, each written for its user (``generation`` settings,
         overridden by ``settings``)."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "user_ids": user_ids}
+        return self(batch, output="generate", **settings)
+
+    def _generate(self, batch: Batch, **settings: Any) -> Tensor:
+        settings = {**self.generation, **settings}
+        if self._sharded:
+            # Processes stop generating at different steps; the sharded layers gather their
+            # weights collectively, so every process runs until all are done.
+            settings.setdefault("synced_gpus", True)
         return generate(
             self.policy.hf_model,
-            input_ids,
-            attention_mask,
-            soft_tokens=self.user_soft_tokens(user_ids),
+            batch["input_ids"],
+            batch["attention_mask"],
+            soft_tokens=self.user_soft_tokens(batch["user_ids"]),
             user_tokens=self.user_tokens,
-            **{**self.generation, **settings},
+            **settings,
         )
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
@@ -368,7 +391,7 @@ class PreferenceModule(LightningModule):
         under every condition. One dict per example."""
         if "response_mask" not in batch:
             return self._generate_rows(batch)
-        _, values = self._values(batch)
+        _, values = self(batch)
         rows = []
         for i in range(batch["user_ids"].shape[0]):
             row: dict[str, Any] = {
@@ -413,7 +436,9 @@ class PreferenceModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, with names and shapes, a checkpoint of another model (Lightning would raise a
         long state-dict error, or silently keep a reference table of other data)."""
-        theirs = checkpoint.get("state_dict", {})
+        if "state_dict" not in checkpoint:
+            return  # a sharding strategy loaded the weights itself (strictly) and took them out
+        theirs = checkpoint["state_dict"]
         ours = self.state_dict()
         missing = sorted(ours.keys() - theirs.keys())
         unexpected = sorted(theirs.keys() - ours.keys())
@@ -434,6 +459,36 @@ class PreferenceModule(LightningModule):
                 f"with model={saved.get('model')!r}, num_users={saved.get('num_users')!r}; this run builds "
                 f"model={self.hparams.get('model')!r}, num_users={self.num_users!r}"
             )
+
+    def configure_model(self) -> None:
+        """Shards the model with FSDP2 when the strategy provides a device mesh
+        (:class:`plrlhf.strategies.FSDP2Strategy` or Lightning's ``ModelParallelStrategy``).
+
+        Each decoder layer (the classes the model lists in ``_no_split_modules``, in the policy and
+        in a frozen reference copy alike) is a sharding unit; everything else (embeddings, head,
+        LoRA adapters outside the layers, the user model) belongs to the root unit, which is this
+        module: its ``forward`` runs every computation that reads weights.
+        """
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or self._sharded:
+            return
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        if "tensor_parallel" in mesh.mesh_dim_names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError("plrlhf shards data-parallel only: set the strategy's tensor_parallel_size to 1")
+        data_parallel = mesh["data_parallel"] if mesh.mesh_dim_names else mesh
+        layer_classes = set(getattr(self.policy.hf_model, "_no_split_modules", None) or [])
+        layers = [m for m in self.modules() if type(m).__name__ in layer_classes]
+        if not layers:
+            raise ValueError(
+                f"{type(self.policy.hf_model).__name__} names no decoder layer classes (_no_split_modules)"
+            )
+        # Gradients are reduced in float32 whatever the compute dtype (bf16 sums lose precision).
+        policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+        for layer in layers:
+            fully_shard(layer, mesh=data_parallel, mp_policy=policy)
+        fully_shard(self, mesh=data_parallel, mp_policy=policy)
+        self._sharded = True
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())

@@ -35,7 +35,9 @@ def compute_reference_table(
     """``(size, 2)`` float32 table of (chosen, rejected) reference log-probs by example index.
 
     With ``world_size > 1`` each process scores every ``world_size``-th batch and ``reduce_sum``
-    (a sum over processes) assembles the table on all of them.
+    (a sum over processes) assembles the table on all of them. Every process runs the same number
+    of forwards (the last round's idle processes score a batch again and drop it): sharded models
+    gather weights collectively in each forward.
     """
     table = torch.zeros(size, 2, dtype=torch.float32, device=device)
     seen = torch.zeros(size, dtype=torch.float32, device=device)
@@ -43,13 +45,19 @@ def compute_reference_table(
     bar = tqdm(
         batches, total=total, desc="reference log-probs", disable=not progress or rank != 0, unit="batch"
     )
+    count = 0
+    first: Batch | None = None
     for i, batch in enumerate(bar):
+        count += 1
+        first = batch if first is None else first
         if i % world_size != rank:
             continue
         batch = {k: v.to(device) for k, v in batch.items()}
         chosen, rejected = reference_logps(batch)
         table[batch["index"]] = torch.stack([chosen, rejected], dim=-1).float()
         seen[batch["index"]] = 1.0
+    if world_size > 1 and count % world_size and rank >= count % world_size and first is not None:
+        reference_logps({k: v.to(device) for k, v in first.items()})
     if reduce_sum is not None and world_size > 1:
         table, seen = reduce_sum(table), reduce_sum(seen)
     missing = int((seen == 0).sum())

@@ -63,17 +63,21 @@ class SFT(PreferenceModule):
     def score(self, batch: Batch) -> dict:
         raise NotImplementedError("SFT scores no preference pairs: predict with prompts to generate")
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def _values(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """The token-averaged NLL, and the chosen responses' log-probs and token counts."""
         chosen, n_chosen = self._chosen(batch)
-        loss = -chosen.sum() / n_chosen.sum().clamp(min=1)
+        return -chosen.sum() / n_chosen.sum().clamp(min=1), chosen, n_chosen
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, chosen, _ = self(batch)
         batch_size = batch["user_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logps/chosen", chosen.detach().mean(), batch_size=batch_size)
         return loss
 
     def _eval_step(self, stage: str, batch: Batch) -> None:
-        chosen, n_chosen = self._chosen(batch)
-        self.eval_nll.update(-chosen.sum() / n_chosen.sum().clamp(min=1), weight=n_chosen.sum())
+        loss, chosen, n_chosen = self(batch)
+        self.eval_nll.update(loss, weight=n_chosen.sum())
         self.eval_logps.update(chosen)
 
     def _eval_epoch_end(self, stage: str) -> None:
