@@ -61,11 +61,16 @@ class PlrlhfCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
-    # Data preparation and model conversion are not training: plain argparse, not LightningCLI.
+    # Data preparation, adaptation of new users and model conversion are not Trainer entry points:
+    # their own parsers, not LightningCLI.
     if argv[:1] == ["data"]:
         from plrlhf.builders.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["adapt"]:
+        from plrlhf.adapt import main as adapt_main
+
+        return adapt_main(argv[1:])
     if argv[:1] == ["convert-gguf"]:
         from plrlhf.gguf import main as convert_main
 

@@ -6,6 +6,7 @@ which serves every user not seen in training.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from typing import Any, Literal
@@ -56,6 +57,54 @@ class UserModel(nn.Module):
 
     def initialize(self, token_embeddings: Tensor) -> None:
         """Called once with the LM's ``(V, d)`` input embedding table (default: nothing to do)."""
+
+    # -- users after training: few-shot adaptation ------------------------------------------------
+    def per_user_tables(self) -> dict[str, nn.Embedding]:
+        """The tables holding one row per user (row 0: the generic user), by submodule name: by
+        convention every ``nn.Embedding`` of a user model. All other parameters are shared."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, nn.Embedding)}
+
+    def for_new_users(self, count: int) -> UserModel:
+        """A model of ``count`` new users (indices ``1..count``) that shares this one's other
+        parameters, frozen. Each new user starts as the generic user (its rows copy row 0); only
+        the new rows are trainable. This model is not changed (its tables are not even copied)."""
+        tables = self.per_user_tables()
+        if not tables:
+            raise TypeError(f"{type(self).__name__} has no per-user tables (nn.Embedding) to add users to")
+        small = {}
+        for name, table in tables.items():
+            rows = self.new_user_row(name, table).expand(count + 1, -1).clone()
+            small[id(table)] = nn.Embedding.from_pretrained(rows, freeze=False)
+        new = copy.deepcopy(self, memo=dict(small))
+        new.requires_grad_(False)
+        for table in new.per_user_tables().values():
+            table.weight.requires_grad_(True)
+        new._set_num_users(count)
+        return new
+
+    def new_user_row(self, name: str, table: nn.Embedding) -> Tensor:
+        """The ``(1, dim)`` row of table ``name`` that makes a user the generic user (default: row
+        0, the generic user's own row; models whose generic user ignores its row override this)."""
+        return table.weight.detach()[:1]
+
+    def append_users(self, new: UserModel) -> None:
+        """Adds the users of ``new`` (made by :meth:`for_new_users`) after this model's users, in
+        their order: new user ``i`` becomes user ``num_users + i``."""
+        for name, table in self.per_user_tables().items():
+            rows = new.get_submodule(name).weight.detach()[1:].to(table.weight)
+            grown = nn.Embedding(table.num_embeddings + len(rows), table.embedding_dim, sparse=table.sparse)
+            with torch.no_grad():
+                grown.weight.copy_(torch.cat([table.weight.detach(), rows]))
+            grown.weight.requires_grad_(table.weight.requires_grad)
+            parent, _, attribute = name.rpartition(".")
+            setattr(self.get_submodule(parent) if parent else self, attribute, grown)
+        self._set_num_users(next(iter(self.per_user_tables().values())).num_embeddings - 1)
+
+    def _set_num_users(self, count: int) -> None:
+        if hasattr(self, "num_users"):
+            self.num_users = count
+        if "num_users" in self.init_args:
+            self.init_args = {**self.init_args, "num_users": count}
 
 
 def sample_vocabulary_rows(token_embeddings: Tensor, shape: tuple[int, ...], seed: int) -> Tensor:
@@ -121,6 +170,11 @@ class IndividualUserModel(UserModel):
                 )
                 self.offsets.weight.copy_(rows.flatten(1))
 
+    def new_user_row(self, name: str, table: nn.Embedding) -> Tensor:
+        if self.generic_tokens is None:
+            return super().new_user_row(name, table)
+        return torch.zeros_like(table.weight[:1]).detach()  # no offset: e_u = e_0
+
     def forward(self, user_ids: Tensor) -> Tensor:
         offsets = self.offsets(user_ids).view(user_ids.shape[0], self.n_tokens, -1)
         if self.generic_tokens is None:
@@ -183,11 +237,20 @@ class LowRankUserModel(UserModel):
     """Per-user coefficients over shared basis soft tokens: ``e_u = e_0 + sum_j a_uj B_j``.
 
     A user costs ``rank`` floats instead of ``n_tokens * hidden_size`` (10 x 4096 for a 7B model),
-    so millions of users fit. The generic user 0 has no coefficients (``e_0``).
+    so millions of users fit. The generic user 0 has no coefficients (``e_0``). With ``sparse``
+    the coefficient table gets sparse gradients and its own row-wise optimizer (``SparseAdam``,
+    set up by the P-DPO methods): a step reads and writes only the rows of the batch's users, so
+    step time does not grow with the number of users.
     """
 
     def __init__(
-        self, num_users: int, hidden_size: int, n_tokens: int = 10, rank: int = 16, seed: int = 123
+        self,
+        num_users: int,
+        hidden_size: int,
+        n_tokens: int = 10,
+        rank: int = 16,
+        sparse: bool = False,
+        seed: int = 123,
     ) -> None:
         """
         Args:
@@ -195,6 +258,8 @@ class LowRankUserModel(UserModel):
             hidden_size: the LM's embedding size, d.
             n_tokens: soft tokens per user, T_u.
             rank: coefficients per user, r.
+            sparse: sparse gradients and row-wise updates of the coefficients (for many users;
+                one process or DDP over gloo: NCCL and FSDP2 take no sparse gradients).
             seed: seed of the vocabulary sampling of ``e_0`` and the basis.
         """
         super().__init__()
@@ -204,7 +269,7 @@ class LowRankUserModel(UserModel):
         self.seed = seed
         self.generic_tokens = nn.Parameter(torch.zeros(n_tokens, hidden_size))
         self.basis = nn.Parameter(torch.zeros(rank, n_tokens, hidden_size))
-        self.coefficients = nn.Embedding(num_users + 1, rank)
+        self.coefficients = nn.Embedding(num_users + 1, rank, sparse=sparse)
         nn.init.zeros_(self.coefficients.weight)  # every user starts as the generic user
 
     def initialize(self, token_embeddings: Tensor) -> None:
@@ -213,6 +278,9 @@ class LowRankUserModel(UserModel):
             rows = sample_vocabulary_rows(token_embeddings, (self.rank, self.n_tokens), self.seed + 1)
             # Directions the size of one token embedding, spread over the basis.
             self.basis.copy_(rows / self.rank**0.5)
+
+    def new_user_row(self, name: str, table: nn.Embedding) -> Tensor:
+        return torch.zeros_like(table.weight[:1]).detach()  # no coefficients: e_u = e_0
 
     def forward(self, user_ids: Tensor) -> Tensor:
         is_user = (user_ids > 0).to(self.basis.dtype)[:, None]

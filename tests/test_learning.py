@@ -81,6 +81,7 @@ def test_quickstart_serves_every_seen_user(tmp_path, monkeypatch):
 def test_low_rank_user_model_serves_the_minority(tmp_path):
     from plrlhf import PDPO, LowRankUserModel
 
-    factory = functools.partial(LowRankUserModel, n_tokens=10, rank=4)
+    # sparse rows: the configuration meant for millions of users, with its row-wise optimizer
+    factory = functools.partial(LowRankUserModel, n_tokens=10, rank=4, sparse=True)
     low_rank = train_and_test(PDPO, tmp_path, user_model=factory, user_model_lr=0.01)
     assert accuracy(low_rank, "majority") > 0.9 and accuracy(low_rank, "minority") > 0.9

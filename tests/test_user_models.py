@@ -1,9 +1,15 @@
 """User models: shapes, the generic user, initialisation, cluster weights."""
 
+import pytest
 import torch
 from torch.testing import assert_close
 
-from plrlhf.user_models import ClusterUserModel, IndividualUserModel, sample_vocabulary_rows
+from plrlhf.user_models import (
+    ClusterUserModel,
+    IndividualUserModel,
+    LowRankUserModel,
+    sample_vocabulary_rows,
+)
 
 VOCAB = torch.randn(50, 8)
 
@@ -77,3 +83,48 @@ def test_low_rank_users_cost_rank_floats_and_start_generic():
     assert_close(out[1], model.generic_tokens + model.basis[0] + 2 * model.basis[3])
     out.sum().backward()
     assert model.coefficients.weight.grad[0].abs().sum() == 0  # the generic user has no coefficients
+
+
+def _trained(model):
+    model.initialize(VOCAB)
+    with torch.no_grad():
+        for table in model.per_user_tables().values():
+            table.weight.normal_()
+    return model
+
+
+ALL_MODELS = [
+    lambda: IndividualUserModel(num_users=3, hidden_size=8, n_tokens=2),
+    lambda: IndividualUserModel(num_users=3, hidden_size=8, n_tokens=2, generic=False),
+    lambda: ClusterUserModel(num_users=3, hidden_size=8, n_tokens=2, n_clusters=4),
+    lambda: LowRankUserModel(num_users=3, hidden_size=8, n_tokens=2, rank=4, sparse=True),
+]
+
+
+@pytest.mark.parametrize("build", ALL_MODELS)
+def test_new_users_start_as_the_generic_user_and_only_their_rows_learn(build):
+    trained = _trained(build())
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    new = trained.for_new_users(2)
+    ids = torch.tensor([0, 1, 2])
+    out = new(ids)
+    assert_close(out[1], trained(torch.tensor([0]))[0]) and assert_close(out[2], out[1])
+    trainable = [n for n, p in new.named_parameters() if p.requires_grad]
+    assert trainable == [f"{name}.weight" for name in new.per_user_tables()]
+    with torch.no_grad():
+        for table in new.per_user_tables().values():
+            table.weight[1:].add_(0.5)  # "adapted"
+    trained.append_users(new)
+    # old users untouched, new users appended in order with their adapted rows
+    for key, value in before.items():
+        assert_close(trained.state_dict()[key][: len(value)], value)
+    assert_close(trained(torch.tensor([4, 5])), new(torch.tensor([1, 2])))
+    assert trained.init_args.get("num_users", 5) == 5
+    assert all(t.num_embeddings == 6 for t in trained.per_user_tables().values())
+
+
+def test_sparse_low_rank_rows_get_sparse_gradients():
+    model = _trained(LowRankUserModel(num_users=1000, hidden_size=8, n_tokens=2, rank=4, sparse=True))
+    model(torch.tensor([3, 7])).sum().backward()
+    grad = model.coefficients.weight.grad
+    assert grad.is_sparse and set(grad.coalesce().indices()[0].tolist()) == {3, 7}

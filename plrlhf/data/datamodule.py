@@ -103,6 +103,7 @@ class PreferenceDataModule(LightningDataModule):
             shuffle: shuffle the training triples each epoch (off: file order, e.g. to compare runs).
         """
         super().__init__()
+        self.save_hyperparameters()  # in checkpoints: adaptation reads the data settings back
         self.tokenizer_path = tokenizer
         self.paths: dict[Split, list[str]] = {
             "train": _as_list(train),

@@ -57,6 +57,8 @@ class PersonalizedPreferenceModule(PreferenceModule):
         self.user_tokens = user_tokens
         self.user_model = self.build_user_model(self.num_users, self.policy.hidden_size)
         self.user_model.initialize(self.policy.hf_model.get_input_embeddings().weight)
+        self.row_optimizer: torch.optim.Optimizer | None = None
+        self._row_optimizer_state: dict[str, Any] | None = None
 
     def build_user_model(self, num_users: int, hidden_size: int) -> UserModel:
         raise NotImplementedError
@@ -108,14 +110,53 @@ class PersonalizedPreferenceModule(PreferenceModule):
         )
 
     def param_groups(self) -> list[dict[str, Any]]:
+        sparse = {id(p) for p in self._sparse_user_rows()}
         group: dict[str, Any] = {
-            "params": list(self.user_model.parameters()),
+            "params": [p for p in self.user_model.parameters() if p.requires_grad and id(p) not in sparse],
             "weight_decay": self.user_model_weight_decay,
             "name": "user_model",
         }
         if self.user_model_lr is not None:
             group["lr"] = self.user_model_lr
         return [*super().param_groups(), group]
+
+    # -- per-user tables with sparse gradients: a row-wise optimizer beside the main one ---------
+    def _sparse_user_rows(self) -> list[Tensor]:
+        tables = self.user_model.per_user_tables().values()
+        return [t.weight for t in tables if t.sparse and t.weight.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        configured = super().configure_optimizers()
+        self.row_optimizer = None
+        rows = self._sparse_user_rows()
+        if rows:
+            main = configured["optimizer"] if isinstance(configured, dict) else configured
+            lr = self.user_model_lr if self.user_model_lr is not None else main.defaults["lr"]
+            # Lazy Adam: moments and weights of the rows in the batch only. Constant learning
+            # rate (the main schedule does not drive it); no weight decay, as the paper's users.
+            self.row_optimizer = torch.optim.SparseAdam(rows, lr=lr)
+            if self._row_optimizer_state is not None:
+                self.row_optimizer.load_state_dict(self._row_optimizer_state)
+                self._row_optimizer_state = None
+        return configured
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)  # runs forward and backward, then the main step
+        if self.row_optimizer is not None:
+            self.row_optimizer.step()
+            self.row_optimizer.zero_grad(set_to_none=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.row_optimizer is not None:
+            checkpoint["user_rows_optimizer"] = self.row_optimizer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("user_rows_optimizer")
+        if state is not None and self.row_optimizer is not None:
+            self.row_optimizer.load_state_dict(state)
+        else:  # restored before the optimizers exist: loaded when they are configured
+            self._row_optimizer_state = state
 
 
 class PDPO(PersonalizedPreferenceModule):

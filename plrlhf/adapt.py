@@ -1,0 +1,273 @@
+"""Few-shot adaptation: users who arrive after training get their own parameters from a few
+labelled preferences, with the LM and every trained user frozen.
+
+A new user's parameters are the rows of the user model's per-user tables (individual model: the
+offset ``o_u``; cluster model: the weights over the existing clusters; low-rank model: the
+coefficients). A small user model of the new users only (:meth:`UserModel.for_new_users`: shared
+parts frozen, each new user starting as the generic user) is trained with the method's own
+objective on the new users' triples; its rows are then appended to the trained user model and the
+users to the registry, so they are served and exported like users seen in training.
+
+Python: :func:`adapt_users` (a method object and its registry) or :func:`adapt` (a checkpoint);
+command line: ``plrlhf adapt --checkpoint ... --train new_users.jsonl [--test ...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from plrlhf.data.datamodule import PreferenceDataModule
+from plrlhf.data.registry import UserRegistry
+from plrlhf.export import export
+from plrlhf.methods.base import PreferenceModule
+from plrlhf.methods.pdpo import PersonalizedPreferenceModule
+
+NEW_USERS_FILE = "new_users.json"
+
+
+@dataclass
+class Adaptation:
+    """What an adaptation produced."""
+
+    new_users: list[str]
+    """The users added, in their new order (user ``i`` of this list has index ``N + 1 + i``)."""
+    registry: UserRegistry
+    """The trained users followed by the new ones."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Test metrics on ``test`` (``test/...`` the adapted users, ``test/generic/...`` the generic
+    user on the same triples), when a test file was given."""
+    dropped_known: int = 0
+    """Training triples of users the model already had (left out: they are trained already)."""
+    export_dir: Path | None = None
+
+
+def adapt_users(
+    method: PersonalizedPreferenceModule,
+    registry: UserRegistry,
+    train: str | list[str],
+    test: str | list[str] | None = None,
+    output: str | Path = "runs/adapt",
+    steps: int = 100,
+    batch_size: int = 8,
+    lr: float = 0.01,
+    seed: int = 0,
+    accelerator: str = "auto",
+    precision: str | None = None,
+    data_args: dict[str, Any] | None = None,
+    export_model: bool = True,
+) -> Adaptation:
+    """Learns the parameters of the users in ``train`` that ``registry`` does not know.
+
+    Args:
+        method: a trained personalized method (its user model gains the new users).
+        registry: the users it was trained on (gains the new users).
+        train: the new users' labelled triples (JSON lines, as for training).
+        test: held-out triples to evaluate on (new users' and others').
+        output: directory of the logs, ``new_users.json``, ``users.json`` and ``export/``.
+        steps: optimizer steps.
+        batch_size: triples per step.
+        lr: learning rate of the new users' parameters (AdamW, no weight decay).
+        seed: seed of the data order.
+        accelerator: ``cpu``, ``gpu`` or ``auto``.
+        precision: Lightning precision (default: fp32 on CPU, bf16-mixed on GPU).
+        data_args: further :class:`PreferenceDataModule` arguments (length limits, field names);
+            default: those of the training run when the method came from a checkpoint.
+        export_model: export the adapted model to ``<output>/export``.
+    """
+    if not isinstance(method, PersonalizedPreferenceModule):
+        raise TypeError(f"{type(method).__name__} has no user model: adaptation needs a P-DPO method")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    args = {**(data_args or {}), "tokenizer": method.tokenizer_path, "batch_size": batch_size}
+    new_users = _new_users(train, registry, args)
+    if not new_users:
+        raise ValueError(f"no new users in {train}: every user there is already trained")
+    UserRegistry(new_users).save(out / NEW_USERS_FILE)
+    datamodule = PreferenceDataModule(
+        **{**args, "train": train, "test": test, "validation": None, "predict": None},
+        user_registry=str(out / NEW_USERS_FILE),
+        seed=seed,
+    )
+    datamodule.setup("fit")
+    kept = [t for t in datamodule.datasets["train"] if t.user_id != 0]
+    dropped = len(datamodule.datasets["train"]) - len(kept)
+    datamodule.datasets["train"] = [dataclasses.replace(t, index=i) for i, t in enumerate(kept)]
+    rank_zero_info(
+        f"adapt: {len(new_users)} new users, {len(kept)} training triples"
+        + (f" ({dropped} of already trained users left out)" if dropped else "")
+    )
+
+    seed_everything(seed)
+    trained = method.user_model
+    saved = {
+        name: getattr(method, name)
+        for name in ("alpha", "num_users", "optimizer_factory", "lr_scheduler_factory", "user_model_lr")
+    }
+    frozen = {name: p.requires_grad for name, p in method.policy.named_parameters()}
+    method.user_model = trained.for_new_users(len(new_users))
+    method.policy.requires_grad_(False)
+    # The generic user's term has nothing trainable left: only the new users' term counts.
+    method.alpha, method.num_users, method.user_model_lr = 1.0, len(new_users), None
+    method.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
+    method.lr_scheduler_factory = None
+    method.reference_table = None
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    trainer = Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision or ("bf16-mixed" if on_gpu else "32-true"),
+        max_steps=steps,
+        logger=CSVLogger(out, name="", version="logs"),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, steps),
+        default_root_dir=out,
+    )
+    metrics: dict[str, float] = {}
+    try:
+        trainer.fit(method, datamodule=datamodule)
+        if test is not None:
+            (results,) = trainer.test(method, datamodule=datamodule, verbose=False)
+            metrics = {k: float(v) for k, v in results.items()}
+        adapted = method.user_model.cpu()
+    finally:
+        method.user_model = trained
+        method.reference_table = None
+        for name, value in saved.items():
+            setattr(method, name, value)
+        for name, p in method.policy.named_parameters():
+            p.requires_grad_(frozen[name])
+    trained.append_users(adapted.to(next(trained.parameters()).device))
+    for user in new_users:
+        registry.add(user)
+    method.num_users = len(registry)
+    registry.save(out / "users.json")
+    if metrics:
+        (out / "test_metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=1))
+    result = Adaptation(new_users, registry, metrics, dropped)
+    if export_model:
+        result.export_dir = export(method, out / "export", registry)
+        rank_zero_info(f"adapt: exported to {result.export_dir} (load with plrlhf.export.load)")
+    return result
+
+
+def _new_users(train: str | list[str], registry: UserRegistry, data_args: dict[str, Any]) -> list[str]:
+    """Users of the training files that the registry does not know, in order of appearance."""
+    reader = PreferenceDataModule(**{**data_args, "train": train})
+    return [u for u in reader.registry.users if u not in registry]
+
+
+def load_checkpoint(checkpoint: str | Path) -> tuple[PreferenceModule, UserRegistry, dict[str, Any]]:
+    """The method, the user registry and the data module arguments of a training checkpoint."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    # The data module's state (under its class name) holds the registry it trained with.
+    registry_state = next(
+        (
+            v["user_registry"]
+            for v in state.values()
+            if isinstance(v, dict) and isinstance(v.get("user_registry"), dict)
+        ),
+        None,
+    )
+    if registry_state is None:
+        raise ValueError(f"{checkpoint}: no user registry in the checkpoint (not a plrlhf training run?)")
+    class_path = state.get("hyper_parameters", {}).get("_class_path")  # written by the CLI
+    if class_path is None:
+        raise ValueError(
+            f"{checkpoint}: the method class is not recorded (not trained with `plrlhf fit`); load the "
+            "method yourself and call plrlhf.adapt.adapt_users"
+        )
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    if not issubclass(cls, PreferenceModule):
+        raise TypeError(f"{checkpoint}: {class_path} is not a plrlhf method")
+    method = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    # The run's data settings (length limits, field names), not its files or batching.
+    settings = set(inspect.signature(PreferenceDataModule).parameters) - {
+        "train",
+        "validation",
+        "test",
+        "predict",
+        "user_registry",
+        "batch_size",
+        "seed",
+    }
+    saved = state.get("datamodule_hyper_parameters", {})
+    data_args = {k: v for k, v in saved.items() if k in settings}
+    return method, UserRegistry.from_state_dict(registry_state), data_args
+
+
+def adapt(
+    checkpoint: str,
+    train: str,
+    test: str | None = None,
+    output: str = "runs/adapt",
+    steps: int = 100,
+    batch_size: int = 8,
+    lr: float = 0.01,
+    seed: int = 0,
+    accelerator: str = "auto",
+    precision: str | None = None,
+) -> Adaptation:
+    """Adds the users of ``train`` to a trained personalized model and exports it.
+
+    Only the new users' parameters are learned (individual user model: their offsets; cluster:
+    their weights over the trained clusters; low-rank: their coefficients); the LM and the users
+    of the checkpoint stay as they were. The result is exported to ``<output>/export`` (load with
+    ``plrlhf.export.load``) with the registry of old and new users in ``<output>/users.json``.
+
+    Args:
+        checkpoint: a checkpoint of a P-DPO training run.
+        train: the new users' labelled triples (JSON lines, the training format).
+        test: held-out triples to report accuracy on (per new user, and the generic user's).
+        output: where logs, registry, metrics and the export go.
+        steps: optimizer steps.
+        batch_size: triples per step.
+        lr: learning rate of the new users' parameters.
+        seed: seed of the data order.
+        accelerator: ``cpu``, ``gpu`` or ``auto``.
+        precision: Lightning precision (default: fp32 on CPU, bf16-mixed on GPU).
+    """
+    method, registry, data_args = load_checkpoint(checkpoint)
+    result = adapt_users(
+        method,
+        registry,
+        train,
+        test,
+        output=output,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        accelerator=accelerator,
+        precision=precision,
+        data_args=data_args,
+    )
+    names = ", ".join(result.new_users[:10]) + (" ..." if len(result.new_users) > 10 else "")
+    print(f"added {len(result.new_users)} users ({names}); registry: {len(result.registry)} users")
+    for user in result.new_users:
+        key = f"test/rewards/accuracy/user/{user}"
+        if key in result.metrics:
+            generic = result.metrics.get(f"test/generic/rewards/accuracy/user/{user}", float("nan"))
+            print(f"  {user}: held-out accuracy {result.metrics[key]:.3f} (generic user {generic:.3f})")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import auto_cli
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    auto_cli(adapt, args=argv, as_positional=False)
