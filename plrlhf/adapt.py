@@ -20,19 +20,23 @@ import importlib
 import inspect
 import json
 import os
+import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import yaml
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
+from tqdm.auto import tqdm
 
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.data.registry import UserRegistry
 from plrlhf.export import export
-from plrlhf.methods.base import PreferenceModule
+from plrlhf.methods.base import Batch, PreferenceModule, preference_values
 from plrlhf.methods.pdpo import PersonalizedPreferenceModule
 
 NEW_USERS_FILE = "new_users.json"
@@ -51,6 +55,9 @@ class Adaptation:
     user on the same triples), when a test file was given."""
     dropped_known: int = 0
     """Training triples of users the model already had (left out: they are trained already)."""
+    started_from: list[str] = field(default_factory=list)
+    """For each new user, the user whose parameters it started from (``<generic>`` or a trained
+    user)."""
     export_dir: Path | None = None
 
 
@@ -62,7 +69,9 @@ def adapt_users(
     output: str | Path = "runs/adapt",
     steps: int = 100,
     batch_size: int = 8,
-    lr: float = 0.01,
+    lr: float | None = None,
+    start: Literal["closest", "generic"] = "closest",
+    candidates: int = 256,
     seed: int = 0,
     accelerator: str = "auto",
     precision: str | None = None,
@@ -79,7 +88,12 @@ def adapt_users(
         output: directory of the logs, ``new_users.json``, ``users.json`` and ``export/``.
         steps: optimizer steps.
         batch_size: triples per step.
-        lr: learning rate of the new users' parameters (AdamW, no weight decay).
+        lr: learning rate of the new users' parameters (AdamW, no weight decay); default: the
+            user model's learning rate in training.
+        start: ``closest``: each new user starts from the trained user (or the generic user)
+            whose parameters give its triples the lowest loss, then is fine-tuned; ``generic``:
+            every new user starts as the generic user.
+        candidates: with ``closest``, how many trained users are tried (a seeded sample).
         seed: seed of the data order.
         accelerator: ``cpu``, ``gpu`` or ``auto``.
         precision: Lightning precision (default: fp32 on CPU, bf16-mixed on GPU).
@@ -117,14 +131,28 @@ def adapt_users(
         for name in ("alpha", "num_users", "optimizer_factory", "lr_scheduler_factory", "user_model_lr")
     }
     frozen = {name: p.requires_grad for name, p in method.policy.named_parameters()}
-    method.user_model = trained.for_new_users(len(new_users))
+    if lr is None:
+        probe = torch.nn.Parameter(torch.zeros(1))
+        lr = method.user_model_lr or method.optimizer_factory([probe]).defaults["lr"]
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    starts = [0] * len(new_users)
+    if start == "closest":
+        device = torch.device("cuda" if on_gpu else "cpu")
+        starts = closest_users(
+            method, datamodule.train_dataloader(), len(new_users), candidates, seed, device
+        )
+    names = [registry.name(i) for i in starts]
+    if start == "closest":
+        rank_zero_info(
+            "adapt: new users start from " + ", ".join(f"{u} <- {n}" for u, n in zip(new_users, names))
+        )
+    method.user_model = trained.for_new_users(len(new_users), start=starts)
     method.policy.requires_grad_(False)
     # The generic user's term has nothing trainable left: only the new users' term counts.
     method.alpha, method.num_users, method.user_model_lr = 1.0, len(new_users), None
     method.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
     method.lr_scheduler_factory = None
     method.reference_table = None
-    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
@@ -157,11 +185,43 @@ def adapt_users(
     registry.save(out / "users.json")
     if metrics:
         (out / "test_metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=1))
-    result = Adaptation(new_users, registry, metrics, dropped)
+    result = Adaptation(new_users, registry, metrics, dropped, names)
     if export_model:
         result.export_dir = export(method, out / "export", registry)
         rank_zero_info(f"adapt: exported to {result.export_dir} (load with plrlhf.export.load)")
     return result
+
+
+@torch.no_grad()
+def closest_users(
+    method: PersonalizedPreferenceModule,
+    batches: Iterable[Batch],
+    num_new: int,
+    candidates: int = 256,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[int]:
+    """For each new user (``user_ids`` 1..num_new in ``batches``), the trained user (or 0, the
+    generic user) under whose parameters the new user's triples have the lowest mean loss."""
+    trained = list(range(1, method.num_users + 1))
+    if len(trained) > candidates:
+        trained = sorted(random.Random(seed).sample(trained, candidates))
+    pool = [0, *trained]
+    was_training = method.training
+    method.eval().to(device)
+    totals = torch.zeros(num_new + 1, len(pool), device=device)
+    counts = torch.zeros(num_new + 1, device=device)
+    for batch in tqdm(batches, desc="adapt: closest trained users", leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        counts.index_add_(0, batch["user_ids"], torch.ones_like(batch["user_ids"], dtype=counts.dtype))
+        for j, candidate in enumerate(pool):
+            as_candidate = {**batch, "user_ids": torch.full_like(batch["user_ids"], candidate)}
+            scores = method.score(as_candidate)["user"]
+            loss = preference_values(scores, method.loss_fn, method.beta)["loss"]
+            totals[:, j].index_add_(0, batch["user_ids"], loss.float())
+    method.train(was_training)
+    best = (totals[1:] / counts[1:, None].clamp(min=1)).argmin(dim=1)
+    return [pool[int(i)] for i in best]
 
 
 def _new_users(train: str | list[str], registry: UserRegistry, data_args: dict[str, Any]) -> list[str]:
@@ -205,7 +265,10 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[PreferenceModule, UserRegis
         "batch_size",
         "seed",
     }
-    saved = state.get("datamodule_hyper_parameters", {})
+    saved = state.get("datamodule_hyper_parameters")
+    if saved is None:  # older checkpoints: the run's saved config, <run>/config.yaml
+        config = Path(checkpoint).resolve().parents[1] / "config.yaml"
+        saved = yaml.safe_load(config.read_text())["data"]["init_args"] if config.is_file() else {}
     data_args = {k: v for k, v in saved.items() if k in settings}
     return method, UserRegistry.from_state_dict(registry_state), data_args
 
@@ -217,7 +280,8 @@ def adapt(
     output: str = "runs/adapt",
     steps: int = 100,
     batch_size: int = 8,
-    lr: float = 0.01,
+    lr: float | None = None,
+    start: Literal["closest", "generic"] = "closest",
     seed: int = 0,
     accelerator: str = "auto",
     precision: str | None = None,
@@ -236,7 +300,9 @@ def adapt(
         output: where logs, registry, metrics and the export go.
         steps: optimizer steps.
         batch_size: triples per step.
-        lr: learning rate of the new users' parameters.
+        lr: learning rate of the new users' parameters (default: the user model's in training).
+        start: ``closest``: start each new user from the trained user (or generic user) that
+            explains its triples best, then fine-tune; ``generic``: start from the generic user.
         seed: seed of the data order.
         accelerator: ``cpu``, ``gpu`` or ``auto``.
         precision: Lightning precision (default: fp32 on CPU, bf16-mixed on GPU).
@@ -251,6 +317,7 @@ def adapt(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        start=start,
         seed=seed,
         accelerator=accelerator,
         precision=precision,
@@ -258,11 +325,13 @@ def adapt(
     )
     names = ", ".join(result.new_users[:10]) + (" ..." if len(result.new_users) > 10 else "")
     print(f"added {len(result.new_users)} users ({names}); registry: {len(result.registry)} users")
-    for user in result.new_users:
+    for user, origin in zip(result.new_users, result.started_from):
+        line = f"  {user}: started from {origin}"
         key = f"test/rewards/accuracy/user/{user}"
         if key in result.metrics:
             generic = result.metrics.get(f"test/generic/rewards/accuracy/user/{user}", float("nan"))
-            print(f"  {user}: held-out accuracy {result.metrics[key]:.3f} (generic user {generic:.3f})")
+            line += f", held-out accuracy {result.metrics[key]:.3f} (generic user {generic:.3f})"
+        print(line)
     return result
 
 

@@ -64,21 +64,31 @@ class UserModel(nn.Module):
         convention every ``nn.Embedding`` of a user model. All other parameters are shared."""
         return {name: m for name, m in self.named_modules() if isinstance(m, nn.Embedding)}
 
-    def for_new_users(self, count: int) -> UserModel:
+    def for_new_users(self, count: int, start: list[int] | None = None) -> UserModel:
         """A model of ``count`` new users (indices ``1..count``) that shares this one's other
-        parameters, frozen. Each new user starts as the generic user (its rows copy row 0); only
-        the new rows are trainable. This model is not changed (its tables are not even copied)."""
+        parameters, frozen; only the new users' rows are trainable. This model is not changed
+        (its tables are not even copied).
+
+        Args:
+            count: number of new users.
+            start: for each new user, the trained user whose rows it starts from; 0 (the default
+                for all) starts it as the generic user.
+        """
         tables = self.per_user_tables()
         if not tables:
             raise TypeError(f"{type(self).__name__} has no per-user tables (nn.Embedding) to add users to")
-        small = {}
+        start = start if start is not None else [0] * count
+        if len(start) != count:
+            raise ValueError(f"start names {len(start)} users, expected {count}")
+        small: dict[int, nn.Module] = {}
         for name, table in tables.items():
-            rows = self.new_user_row(name, table).expand(count + 1, -1).clone()
-            small[id(table)] = nn.Embedding.from_pretrained(rows, freeze=False)
+            generic = self.new_user_row(name, table)
+            rows = [generic] + [table.weight.detach()[i : i + 1] if i > 0 else generic for i in start]
+            small[id(table)] = nn.Embedding.from_pretrained(torch.cat(rows).clone(), freeze=False)
         new = copy.deepcopy(self, memo=dict(small))
         new.requires_grad_(False)
-        for table in new.per_user_tables().values():
-            table.weight.requires_grad_(True)
+        for module in small.values():
+            module.requires_grad_(True)
         new._set_num_users(count)
         return new
 

@@ -283,6 +283,18 @@ def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
             ]
         )
 
+    # A user who arrives later: `plrlhf adapt` from the checkpoint adds and exports them.
+    new = write_jsonl(
+        tmp_path / "new.jsonl", [r for r in synthetic_rows("test") if r["user_id"] == "new_2"][:4]
+    )
+    out = tmp_path / "adapt"
+    run(["adapt", "--checkpoint", str(checkpoint), "--train", str(new), "--test", str(test), "--steps", "2",
+         "--output", str(out), "--accelerator", "cpu"])  # fmt: skip
+    assert json.loads((out / "users.json").read_text())["users"][-1] == "new_2"
+    assert json.loads((out / "export" / "users.json").read_text())["users"][-1] == "new_2"
+    assert "test/rewards/accuracy" in json.loads((out / "test_metrics.json").read_text())
+    assert "started from" in capsys.readouterr().out
+
 
 def test_external_user_model_by_class_path():
     run(

@@ -201,3 +201,18 @@ def make_length_task(
                 handle.write(json.dumps(row) + "\n")
         report[split] = Counter(row["user_id"] for row in rows)
     return report
+
+
+def write_new_user_preferences(
+    path: str | Path, users: dict[str, bool], per_user: int = 8, seed: int = 321
+) -> Counter:
+    """Labelled triples of users who arrive after training (``{user: prefers_longer}``), for
+    ``plrlhf adapt``; drawn with their own seed, so they differ from every split's triples."""
+    rng = random.Random(seed)
+    rows = [
+        _triple(rng, user, longer, "majority" if longer else "minority")
+        for user, longer in users.items()
+        for _ in range(per_user)
+    ]
+    Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Counter(row["user_id"] for row in rows)
