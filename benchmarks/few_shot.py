@@ -102,9 +102,9 @@ def hh_setup(out: Path, method: str) -> dict:
     }
 
 
-def curve(setup: dict, out: Path, draws: int, start: str) -> dict:
+def curve(setup: dict, out: Path, draws: int, start: str, ks: tuple[int, ...] = KS) -> dict:
     results: dict = {"k": {}, "generic": {}}
-    for k in KS:
+    for k in ks:
         per_draw = []
         for draw in range(draws):
             rng = random.Random(1000 * k + draw)
@@ -183,17 +183,18 @@ def plot(setup: dict, by_start: dict[str, tuple[dict, dict]], path: Path, title:
     users = setup["new_users"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     results = next(iter(by_start.values()))[0]
+    ks = [int(k) for k in results["k"]]
     for i, group in enumerate(sorted(set(users.values()))):
         members = [u for u, g in users.items() if g == group]
         colour = f"C{i}"
         for (start, (_, series)), style in zip(by_start.items(), ("o-", "s-.")):
-            ax.plot(KS, series[group], style, color=colour, label=f"{group}: adapted, start {start}")
+            ax.plot(ks, series[group], style, color=colour, label=f"{group}: adapted, start {start}")
         trained = statistics.mean(setup["trained"][u] for u in members)
         generic = statistics.mean(results["generic"][u] for u in members)
         ax.axhline(trained, color=colour, linestyle="--", linewidth=1, label=f"{group}: trained in full")
         ax.axhline(generic, color=colour, linestyle=":", linewidth=1, label=f"{group}: generic user")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(KS, [str(k) for k in KS])
+    ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("labelled preferences per new user (k)")
     ax.set_ylabel("held-out reward accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -209,6 +210,8 @@ def main() -> None:
     )
     parser.add_argument("task", choices=("synthetic", "hh"))
     parser.add_argument("--methods", nargs="+", default=["individual_pdpo"])
+    parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="preferences per new user")
+    parser.add_argument("--steps", type=int, default=None, help="adaptation steps (synthetic 60, hh 16)")
     parser.add_argument("--starts", nargs="+", default=["closest", "generic"], help="plrlhf adapt --start")
     parser.add_argument("--draws", type=int, default=None, help="draws of the k triples (synthetic 3, hh 1)")
     args = parser.parse_args()
@@ -216,9 +219,10 @@ def main() -> None:
         out = ROOT / "runs/few-shot" / args.task
         setup = (synthetic_setup if args.task == "synthetic" else hh_setup)(out, method)
         draws = args.draws or (3 if args.task == "synthetic" else 1)
+        setup["steps"] = args.steps or setup["steps"]
         by_start = {}
         for start in args.starts:
-            results = curve(setup, out / f"{method}-{start}", draws, start)
+            results = curve(setup, out / f"{method}-{start}", draws, start, tuple(args.ks))
             table, series = summarise(setup, results)
             by_start[start] = (results, series)
             summary = {key: value for key, value in setup.items() if key != "pool"} | {"results": results}

@@ -1,6 +1,6 @@
 """Run DPO, IndividualPDPO and ClusterPDPO on the synthetic length task; print one table.
 
-    python benchmarks/synthetic_experiment.py [--methods dpo individual_pdpo cluster_pdpo] [-- extra CLI args]
+    python benchmarks/synthetic_experiment.py [--methods dpo individual_pdpo ...] [-- extra CLI args]
 
 Each method is `configs/method/<name>.yaml` composed with `configs/experiment/synthetic-length.yaml`,
 trained with `plrlhf fit` and evaluated with `plrlhf test` from its saved config, exactly as a user
@@ -71,7 +71,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods", nargs="+", default=["dpo", "individual_pdpo", "cluster_pdpo"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["dpo", "individual_pdpo", "cluster_pdpo", "low_rank_pdpo"]
+    )
     parser.add_argument("--out", default="runs/synthetic-length")
     parser.add_argument("extra", nargs="*", help="extra plrlhf fit arguments (after --)")
     args = parser.parse_args()

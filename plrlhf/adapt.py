@@ -128,7 +128,14 @@ def adapt_users(
     trained = method.user_model
     saved = {
         name: getattr(method, name)
-        for name in ("alpha", "num_users", "optimizer_factory", "lr_scheduler_factory", "user_model_lr")
+        for name in (
+            "alpha",
+            "num_users",
+            "optimizer_factory",
+            "lr_scheduler_factory",
+            "user_model_lr",
+            "reference_cache_dir",
+        )
     }
     frozen = {name: p.requires_grad for name, p in method.policy.named_parameters()}
     if lr is None:
@@ -153,6 +160,9 @@ def adapt_users(
     method.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
     method.lr_scheduler_factory = None
     method.reference_table = None
+    # Triples of known users were left out after loading: a disk cache keyed by the files would
+    # not know that, so the (small) reference table is computed afresh.
+    method.reference_cache_dir = None
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
