@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch import Trainer, seed_everything
+from peft import LoraConfig
 
 from plrlhf import IndividualPDPO, PreferenceDataModule
 from plrlhf.cli import main
@@ -25,7 +26,15 @@ def data_files(directory):
     return train, test
 
 
-def run(tmp_path, devices: int):
+# The reference paths under test: a frozen copy, precomputed; and LoRA's adapter-disabled
+# reference computed every step, in the shared-prompt layout.
+VARIANTS = {
+    "full": {"precompute_reference": True, "reference_cache_dir": None},
+    "lora": {"lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}, "shared_prompt": True},
+}
+
+
+def run(tmp_path, devices: int, variant: str = "full"):
     tmp_path.mkdir()
     seed_everything(0)
     train, test = data_files(tmp_path)
@@ -38,13 +47,11 @@ def run(tmp_path, devices: int):
         batch_size=8 // devices,
         eval_batch_size=10,
     )
+    settings = dict(VARIANTS[variant])
+    if "lora" in settings:
+        settings["lora"] = LoraConfig(**settings["lora"])
     module = IndividualPDPO(
-        model=TINY_MODELS["llama"],
-        tokenizer=TOKENIZER,
-        num_users=dm.num_users,
-        n_user_tokens=2,
-        precompute_reference=True,
-        reference_cache_dir=None,
+        model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=dm.num_users, n_user_tokens=2, **settings
     )
     trainer = Trainer(
         accelerator="cpu",
@@ -82,10 +89,16 @@ def test_ddp_matches_one_process(single, tmp_path):
     assert_same_per_user_metrics(single, run(tmp_path / "two", devices=2))
 
 
-def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(single, tmp_path):
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(variant, single, tmp_path):
     """FSDP2 on two CPU processes with the preset (a subprocess: the strategy launches its
     processes by running the command again), then ``plrlhf test`` of its checkpoint in this one."""
+    if variant != "full":
+        single = run(tmp_path / "one", devices=1, variant=variant)
     train, test = data_files(tmp_path)
+    settings = dict(VARIANTS[variant])
+    if "lora" in settings:
+        settings["lora"] = {"class_path": "peft.LoraConfig", "init_args": settings["lora"]}
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -103,12 +116,7 @@ def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(single, tmp_p
         },
         "model": {
             "class_path": "plrlhf.IndividualPDPO",
-            "init_args": {
-                "model": TINY_MODELS["llama"],
-                "n_user_tokens": 2,
-                "precompute_reference": True,
-                "reference_cache_dir": None,
-            },
+            "init_args": {"model": TINY_MODELS["llama"], "n_user_tokens": 2, **settings},
         },
         "data": {
             "class_path": "plrlhf.PreferenceDataModule",
