@@ -148,11 +148,10 @@ def adapt_users(
         starts = closest_users(
             method, datamodule.train_dataloader(), len(new_users), candidates, seed, device
         )
-    names = [registry.name(i) for i in starts]
-    if start == "closest":
-        rank_zero_info(
-            "adapt: new users start from " + ", ".join(f"{u} <- {n}" for u, n in zip(new_users, names))
-        )
+    names = [registry.name(i) for i in starts]  # before the registry has the new users
+    rank_zero_info(
+        "adapt: new users start from " + ", ".join(f"{u} <- {n}" for u, n in zip(new_users, names))
+    )
     method.user_model = trained.for_new_users(len(new_users), start=starts)
     method.policy.requires_grad_(False)
     # The generic user's term has nothing trainable left: only the new users' term counts.

@@ -105,7 +105,10 @@ class TrainingSampler(DistributedSampler):
             yield from batch
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self.batches())
+        if self.num_replicas == 1:
+            return self.size
+        # Every global batch is filled up, so each process takes batch_size from each of them.
+        return -(-self.size // (self.batch_size * self.num_replicas)) * self.batch_size
 
 
 class ResumableDataLoader(DataLoader):
@@ -137,9 +140,6 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self._delivered += 1
             yield batch
-
-    def __len__(self) -> int:
-        return super().__len__()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self._epoch, "batches": self._delivered}
