@@ -22,18 +22,23 @@ FILES = ("helpful.test.jsonl.gz", "harmless.test.jsonl.gz")
 ASSISTANT = "\n\nAssistant:"
 
 
-def build_hh_relabeled(
-    source: str | Path,
-    out_dir: str | Path,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    seed: int = 123,
-    files: tuple[str, ...] = FILES,
-) -> dict[str, Counter]:
-    """Write ``train/validation/test.jsonl`` to ``out_dir``; returns triples per user per split.
+def read_hh_pairs(
+    source: str | Path, files: tuple[str, ...] = FILES
+) -> tuple[list[tuple[str, str, str]], Counter]:
+    """``(prompt, response_0, response_1)`` of every row (prompt ending in the assistant's cue,
+    responses stripped), in file order, and the drops (identical responses)."""
+    pairs, dropped = [], Counter()
+    for located in _checked_rows(source, files):
+        record = located.record
+        first, second = (r.strip() for r in record["responses"])
+        if first == second:
+            dropped["identical responses"] += 1
+            continue
+        pairs.append((_prompt(record["prompt"]), first, second))
+    return pairs, dropped
 
-    Rows whose two responses are identical are dropped and counted (``report["dropped"]``).
-    """
-    rows, dropped = [], Counter()
+
+def _checked_rows(source: str | Path, files: tuple[str, ...]):
     for name in files:
         for located in read_records(Path(source) / name):
             record, where = located.record, located.where
@@ -41,24 +46,56 @@ def build_hh_relabeled(
                 if key not in record:
                     raise DataError(where, f"missing field {key!r}")
             responses, label = record["responses"], record["label"]
-            if not (isinstance(responses, list) and len(responses) == 2 and label in (0, 1)):
-                raise DataError(where, "expected two 'responses' and a 'label' of 0 or 1")
-            if responses[0].strip() == responses[1].strip():
-                dropped["identical responses"] += 1
-                continue
-            prompt = record["prompt"].rstrip()
-            if not prompt.endswith("Assistant:"):
-                prompt += ASSISTANT
-            rows.append(
-                {
-                    "user_id": record["objective"],
-                    "group": record["objective"],
-                    "prompt": prompt,
-                    "chosen": " " + responses[label].strip(),
-                    "rejected": " " + responses[1 - label].strip(),
-                    "flipped": record.get("original_label", label) != label,
-                }
-            )
+            if not (
+                isinstance(responses, list)
+                and len(responses) == 2
+                and all(isinstance(r, str) for r in responses)
+                and label in (0, 1)
+            ):
+                raise DataError(where, "expected two string 'responses' and a 'label' of 0 or 1")
+            yield located
+
+
+def _prompt(prompt: str) -> str:
+    prompt = prompt.rstrip()
+    return prompt if prompt.endswith("Assistant:") else prompt + ASSISTANT
+
+
+def build_hh_relabeled(
+    source: str | Path = "../shared/data/hh_rlhf_relabeled",
+    out: str | Path = "data/hh_relabeled",
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 123,
+    files: tuple[str, ...] = FILES,
+) -> dict[str, Counter]:
+    """Write ``train/validation/test.jsonl`` to ``out``; returns triples per user per split.
+
+    Rows whose two responses are identical are dropped and counted (``report["dropped"]``).
+
+    Args:
+        source: directory of the relabeled HH-RLHF ``.jsonl.gz`` files.
+        out: output directory.
+        fractions: train/validation/test shares of the prompts.
+        seed: seed of the split.
+        files: the source files read.
+    """
+    rows, dropped = [], Counter()
+    for located in _checked_rows(source, files):
+        record = located.record
+        responses, label = [r.strip() for r in record["responses"]], record["label"]
+        if responses[0] == responses[1]:
+            dropped["identical responses"] += 1
+            continue
+        rows.append(
+            {
+                "user_id": record["objective"],
+                "group": record["objective"],
+                "prompt": _prompt(record["prompt"]),
+                "chosen": " " + responses[label],
+                "rejected": " " + responses[1 - label],
+                "flipped": record.get("original_label", label) != label,
+            }
+        )
     prompts = sorted({r["prompt"] for r in rows})
     random.Random(seed).shuffle(prompts)
     n_train = round(fractions[0] * len(prompts))
@@ -72,4 +109,4 @@ def build_hh_relabeled(
     for split in ("train", "validation", "test"):
         splits[split] = [r for r in rows if split_of[r["prompt"]] == split]
         rng.shuffle(splits[split])  # the source lists one annotator type after the other
-    return write_splits(out_dir, splits, dropped)
+    return write_splits(out, splits, dropped)
