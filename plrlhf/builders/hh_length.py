@@ -38,6 +38,7 @@ def build_hh_length(
     majority_share: float = 0.7,
     min_length_ratio: float = 1.5,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    max_train: int | None = None,
     seed: int = 123,
     files: tuple[str, ...] = FILES,
 ) -> dict[str, Counter]:
@@ -52,6 +53,8 @@ def build_hh_length(
         min_length_ratio: pairs whose longer response is shorter than this many times the other
             (in characters) are dropped.
         fractions: train/validation/test shares of the prompts.
+        max_train: keep only this many training triples (a training budget; every user keeps an
+            equal share). Validation and test are not affected.
         seed: seed of the users' preferences, the split and the assignment of pairs to users.
         files: the source files read.
     """
@@ -89,6 +92,8 @@ def build_hh_length(
     for split in ("train", "validation", "test"):
         rows = [k for k in kept if split_of[k[0]] == split]
         rng.shuffle(rows)
+        if split == "train" and max_train is not None:
+            rows = rows[:max_train]
         pool = {**seen, **unseen} if split == "test" else seen
         names = list(pool)
         splits[split] = []
