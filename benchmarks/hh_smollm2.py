@@ -45,6 +45,8 @@ def base_preference() -> dict[str, float]:
             "13",  # the test batches of the experiment config: the same 104 triples
             "--trainer.logger.init_args.version",
             "base",
+            "--untrained",  # the base model as it is: LoRA adapters start at zero
+            "true",
         ]
     )
     rows = [json.loads(line) for line in (OUT / "base/predict/predictions.jsonl").read_text().splitlines()]

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from plrlhf.callbacks.predictions import PredictionWriter
+from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport
+from plrlhf.checkpoint_io import AtomicCheckpointIO
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.methods.base import PreferenceModule
 
@@ -45,18 +51,105 @@ class PlrlhfCLI(LightningCLI):
         )
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(SaveOnSigterm, "sigterm")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in EVALUATIONS:
+            parser.add_argument(
+                "--untrained",
+                type=bool,
+                default=False,
+                help="evaluate the model as built (pretrained base, fresh adapters and user model) "
+                "instead of refusing to run without --ckpt_path",
+            )
+        return parser
 
     def before_instantiate_classes(self) -> None:
-        # Evaluating a run from its saved config would reuse the run's logger version, and the
-        # logger would replace the training metrics there: evaluation logs go one level down.
         if self.subcommand in (None, "fit"):
             return
-        logger = self.config[self.subcommand].trainer.logger
-        init_args = getattr(logger, "init_args", None)
+        config = self.config[self.subcommand]
+        run = run_directory(config)
+        config.ckpt_path = resolve_checkpoint(config, run, self.subcommand)
+        # Evaluating a run from its saved config would reuse the run's logger version, and the
+        # logger would replace the training metrics there: evaluation logs go one level down.
+        init_args = getattr(config.trainer.logger, "init_args", None)
+        if init_args is None:
+            return
         version = getattr(init_args, "version", None)
-        if init_args is not None and version not in (None, ""):
-            run = f"version_{version}" if isinstance(version, int) else version  # as the loggers name it
-            init_args.version = f"{run}/{self.subcommand}"
+        if version not in (None, ""):
+            name = f"version_{version}" if isinstance(version, int) else version  # as the loggers name it
+            init_args.version = f"{name}/{self.subcommand}"
+        elif run is not None and hasattr(init_args, "save_dir"):
+            # No fixed version (a new version_<n> each time): log below the run being evaluated.
+            init_args.save_dir, init_args.version = str(run), self.subcommand
+            if hasattr(init_args, "name"):
+                init_args.name = ""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # atomic writes, safe loads
+        return trainer
+
+
+EVALUATIONS = ("validate", "test", "predict")
+
+
+def run_directory(config: Any) -> Path | None:
+    """The training run a ``validate/test/predict`` config belongs to: the logger's fixed version
+    directory, else the directory of a ``--config <run>/config.yaml`` saved by ``fit``."""
+    init_args = getattr(config.trainer.logger, "init_args", None)
+    version = getattr(init_args, "version", None)
+    if version not in (None, "") and getattr(init_args, "save_dir", None) is not None:
+        name = getattr(init_args, "name", None) or ""
+        version = f"version_{version}" if isinstance(version, int) else str(version)
+        return Path(init_args.save_dir) / name / version
+    for path in reversed(config.get("config") or []):
+        path = Path(str(path))
+        if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
+            return path.parent
+    return None
+
+
+def resolve_checkpoint(config: Any, run: Path | None, subcommand: str) -> str | None:
+    """``--ckpt_path last`` as the evaluated run's own ``last.ckpt``; no checkpoint at all is
+    refused unless ``--untrained true``."""
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path is None:
+        if config.get("untrained"):
+            return None
+        raise SystemExit(
+            f"plrlhf {subcommand}: no --ckpt_path given, so the model would be evaluated with untrained "
+            "weights. Give a checkpoint (--ckpt_path <run>/checkpoints/last.ckpt, or --ckpt_path last with "
+            "the run's config.yaml), or pass --untrained true to evaluate the model as built."
+        )
+    if ckpt_path != "last":
+        return ckpt_path
+    directories = [
+        Path(c.init_args.dirpath)
+        for c in config.trainer.get("callbacks") or []
+        if getattr(c, "class_path", "").endswith("ModelCheckpoint") and c.init_args.get("dirpath")
+    ]
+    if run is not None:
+        directories.append(run / "checkpoints")
+    name = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    for directory in directories:
+        if (directory / name).is_file():
+            return str(directory / name)
+    # No save_last: the newest checkpoint of the run (not a failed run's non-finite dump).
+    saved = [
+        p for d in directories if d.is_dir() for p in d.glob("*.ckpt") if not p.name.startswith("nonfinite")
+    ]
+    if saved:
+        newest = max(saved, key=lambda p: p.stat().st_mtime)
+        print(f"plrlhf {subcommand}: --ckpt_path last is {newest} (the run's newest checkpoint)")
+        return str(newest)
+    looked = ", ".join(str(d) for d in directories) or "nowhere: no run directory is known"
+    raise SystemExit(
+        f"plrlhf {subcommand}: --ckpt_path last found no checkpoint (looked in {looked}). Give the run's "
+        "config (--config <run>/config.yaml) or the checkpoint's path."
+    )
 
 
 def main(args: list[str] | None = None) -> None:

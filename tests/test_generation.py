@@ -100,6 +100,8 @@ def test_predict_writes_a_response_per_prompt(tmp_path, monkeypatch):
             str(prompts),
             "--model.init_args.generation",
             '{"max_new_tokens": 6}',
+            "--untrained",
+            "true",
             "--trainer.logger",
             "lightning.pytorch.loggers.CSVLogger",
             "--trainer.logger.save_dir",

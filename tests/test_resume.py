@@ -1,73 +1,81 @@
-"""A run killed with SIGKILL mid-epoch and resumed with ``--ckpt_path last`` finishes as if never
-interrupted: same steps, same batches in the same order, same losses and weights."""
+"""A run interrupted mid-epoch and resumed with ``--ckpt_path last`` finishes as if never
+interrupted: same steps, same batches in the same order, same losses and weights. Checked for
+every shipped method config and the quickstart, with their own learning-rate schedules (a schedule
+that asks the trainer for the run's length must not reset the resumed epoch), after SIGKILL (no
+handler runs) and after SIGTERM (the run saves itself and exits 143)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT, TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
+from plrlhf.cli import main
+from tests.conftest import ROOT, synthetic_rows, write_jsonl
+
+CONFIGS = ROOT / "configs"
+METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
+SHIPPED = {
+    "quickstart": [CONFIGS / "quickstart.yaml"],
+    **{
+        m: [CONFIGS / "trainer/cpu.yaml", CONFIGS / "data/synthetic.yaml", CONFIGS / f"method/{m}.yaml"]
+        + [CONFIGS / "model/tiny-llama.yaml"]
+        for m in METHODS
+    },
+}
 
 
-def config(tmp_path, name, kill_at=None):
+def run_config(tmp_path, name, fault=None):
+    """The shipped config's model and schedule on 44 triples (6 batches, the last short), 2 epochs,
+    a checkpoint every 2 steps, every trained batch recorded."""
     run = tmp_path / name
+    run.mkdir(exist_ok=True)
     callbacks = [
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            # Every 2 steps: the kill lands after a step that no checkpoint holds, so it is redone.
+            # Every 2 steps: a kill lands after a step that no checkpoint holds, so it is redone.
             "init_args": {"dirpath": str(run / "ckpt"), "every_n_train_steps": 2, "save_last": True},
         },
         {"class_path": "tests.faults.BatchLog", "init_args": {"path": str(run / "batches.jsonl")}},
     ]
-    if kill_at is not None:
-        callbacks.append({"class_path": "tests.faults.KillAtStep", "init_args": {"step": kill_at}})
-    cfg = {
+    if fault is not None:
+        callbacks.append({"class_path": f"tests.faults.{fault[0]}", "init_args": {"step": fault[1]}})
+    override = {
         "seed_everything": 7,
         "trainer": {
-            "accelerator": "cpu",
             "max_epochs": 2,
+            "max_steps": -1,
             "logger": False,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "num_sanity_val_steps": 0,
+            "val_check_interval": None,
             "default_root_dir": str(run),
             "callbacks": callbacks,
         },
-        "model": {
-            "class_path": "plrlhf.IndividualPDPO",
-            "init_args": {
-                "model": TINY_MODELS["llama"],
-                "n_user_tokens": 2,
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-                "lr_scheduler": {
-                    "class_path": "torch.optim.lr_scheduler.StepLR",
-                    "init_args": {"step_size": 3},
-                },
-            },
-        },
+        # warm-up shorter than the run, so the cosine part (which needs the run's length) counts
+        "model": {"init_args": {"lr_scheduler": {"init_args": {"warmup_steps": 3}}}},
         "data": {
-            "class_path": "plrlhf.PreferenceDataModule",
             "init_args": {
-                "tokenizer": TOKENIZER,
                 "train": str(tmp_path / "train.jsonl"),
+                "validation": None,
+                "test": None,
                 "batch_size": 8,
                 "group_by_length": True,
-            },
+            }
         },
     }
-    run.mkdir(exist_ok=True)
-    path = run / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = run / "override.yaml"
+    path.write_text(yaml.safe_dump(override))
     return run, path
 
 
-def fit(config_path, *extra):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "plrlhf.cli", "fit", "--config", str(config_path), *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def args(name, override, *extra):
+    configs = [a for c in SHIPPED[name] for a in ("--config", str(c))]
+    return ["fit", *configs, "--config", str(override), *extra]
 
 
 def batches(run):
@@ -76,35 +84,66 @@ def batches(run):
 
 
 def weights(run):
-    checkpoint = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     return checkpoint["global_step"], checkpoint["state_dict"]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    write_jsonl(tmp_path / "train.jsonl", synthetic_rows("train", 44))  # 6 batches, the last short
-    clean_run, clean_cfg = config(tmp_path, "clean")
-    assert fit(clean_cfg).returncode == 0
-    crash_run, crash_cfg = config(tmp_path, "crash", kill_at=9)  # mid epoch 1; last checkpoint: step 8
-    killed = fit(crash_cfg)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    _, records_before_resume = batches(crash_run)
-    assert records_before_resume == 9  # step 9 trained, never saved: resuming must redo it
-    _, crash_cfg = config(tmp_path, "crash")  # the same run, without the kill
-    resumed = fit(crash_cfg, "--ckpt_path", "last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
+def assert_same_run(clean_run, resumed_run):
     clean, clean_count = batches(clean_run)
-    crash, _ = batches(crash_run)
+    resumed, _ = batches(resumed_run)
     assert clean_count == len(clean) == 12
-    assert sorted(crash) == sorted(clean)  # same steps, none missing
+    assert sorted(resumed) == sorted(clean)  # same steps, none missing
     for step in clean:  # same triples in the same order, same loss
-        assert crash[step]["indices"] == clean[step]["indices"], step
-        assert abs(crash[step]["loss"] - clean[step]["loss"]) < 1e-5, step
+        assert resumed[step]["indices"] == clean[step]["indices"], step
+        assert abs(resumed[step]["loss"] - clean[step]["loss"]) < 1e-5, step
     for epoch in (0, 1):  # each epoch trains on every triple exactly once
         seen = sorted(i for row in clean.values() if row["epoch"] == epoch for i in row["indices"])
         assert seen == list(range(44))
     clean_step, clean_weights = weights(clean_run)
-    crash_step, crash_weights = weights(crash_run)
-    assert clean_step == crash_step == 12
+    resumed_step, resumed_weights = weights(resumed_run)
+    assert clean_step == resumed_step == 12
     for name, value in clean_weights.items():
-        torch.testing.assert_close(crash_weights[name], value, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(resumed_weights[name], value, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.fixture
+def in_repo(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # shipped configs name data/ relative to the repository root
+    write_jsonl(tmp_path / "train.jsonl", synthetic_rows("train", 44))
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(tmp_path, in_repo, name):
+    clean_run, clean_override = run_config(tmp_path, "clean")
+    main(args(name, clean_override))
+    stopped_run, stopped_override = run_config(tmp_path, "stopped", fault=("SigtermAtStep", 9))
+    with pytest.raises(SystemExit) as stopped:
+        main(args(name, stopped_override))
+    assert stopped.value.code == 143
+    records, count = batches(stopped_run)
+    assert count == 10 and max(records) == 10  # Lightning finishes the batch it was on
+    saved = torch.load(stopped_run / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 10  # saved at the stop, not at the last periodic checkpoint (8)
+    _, resume_override = run_config(tmp_path, "stopped")
+    main(args(name, resume_override, "--ckpt_path", "last"))
+    assert_same_run(clean_run, stopped_run)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, in_repo):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def fit(override, *extra):
+        cmd = [sys.executable, "-m", "plrlhf.cli", *args("quickstart", override, *extra)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    clean_run, clean_override = run_config(tmp_path, "clean")
+    assert fit(clean_override).returncode == 0
+    crash_run, crash_override = run_config(tmp_path, "crash", fault=("KillAtStep", 9))
+    killed = fit(crash_override)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    _, records_before_resume = batches(crash_run)
+    assert records_before_resume == 9  # step 9 trained, never saved: resuming must redo it
+    _, resume_override = run_config(tmp_path, "crash")  # the same run, without the kill
+    resumed = fit(resume_override, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(clean_run, crash_run)

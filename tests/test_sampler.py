@@ -85,3 +85,14 @@ def test_skipping_resumes_the_epoch_where_it_stopped():
     assert list(sampler) == order[12:]
     assert list(sampler) == order  # once only
     assert TrainingSampler(30, batch_size=4, seed=5, shuffle=False).batches()[0] == [0, 1, 2, 3]
+
+
+def test_the_short_batch_of_length_grouping_comes_last():
+    """The loader re-cuts the sampler's indices into batches: a short batch anywhere else would
+    merge with its neighbour (and a resumed epoch would skip the wrong triples)."""
+    from plrlhf.data.sampler import global_batches
+
+    for epoch in range(20):
+        batches = global_batches(44, 8, seed=7, epoch=epoch, lengths=list(range(44)), bucket_batches=2)
+        assert [len(b) for b in batches] == [8] * 5 + [4]
+        assert sorted(i for b in batches for i in b) == list(range(44))

@@ -42,8 +42,12 @@ def global_batches(
     for start in range(0, size, chunk):
         bucket = sorted(order[start : start + chunk], key=lengths.__getitem__)
         batches += [bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size)]
+    # The short batch (the epoch's remainder) stays last: the data loader cuts the sampler's
+    # indices into batches of batch_size again, so a short batch in the middle would merge with
+    # its neighbour, and a resumed epoch would skip a different number of triples than it trained.
+    short = batches.pop() if batches and len(batches[-1]) < batch_size else None
     rng.shuffle(batches)
-    return batches
+    return batches + [short] if short else batches
 
 
 class TrainingSampler(DistributedSampler):

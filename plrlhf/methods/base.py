@@ -20,10 +20,12 @@ from plrlhf.methods.metrics import SCALARS, PreferenceMetrics
 from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
 from plrlhf.packing import SHARED_PROMPT_PARENTS, pack_shared_prompt
 from plrlhf.policy import ModelSource, Policy, build_causal_lm
+from plrlhf.specs import class_path, to_plain
 from plrlhf.tokenizer import load_tokenizer
 
 Batch = dict[str, Tensor]
 STAGES = ("train", "val", "test")
+INSTANTIATOR_KEY = "_instantiator"
 
 
 @dataclass
@@ -61,6 +63,25 @@ def preference_values(scores: PairScores, loss: PreferenceLoss, beta: float) -> 
         "logps/chosen": scores.policy_chosen.detach(),
         "logps/rejected": scores.policy_rejected.detach(),
     }
+
+
+def _record_as_plain_data(module: LightningModule) -> None:
+    """Checkpoints hold the method's arguments as plain data, so they load with
+    ``weights_only=True``. The CLI records its config this way already; arguments given in Python
+    (a ``LoraConfig``, a ``functools.partial`` optimizer, a loss object) become class paths with
+    init arguments, and Lightning rebuilds them through the same type-checked instantiator."""
+    if INSTANTIATOR_KEY in module.hparams:
+        return
+    plain = {}
+    for name, value in module.hparams.items():
+        try:
+            plain[name] = to_plain(value)
+        except TypeError as error:
+            rank_zero_warn(f"{name}: {error}; checkpoints of this module will not load with weights_only=True")
+            return
+    module.hparams.update(plain)
+    module.hparams["_class_path"] = class_path(type(module))
+    module.hparams[INSTANTIATOR_KEY] = "lightning.pytorch.cli.instantiate_module"
 
 
 class PreferenceModule(LightningModule):
@@ -121,6 +142,11 @@ class PreferenceModule(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        _record_as_plain_data(self)
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0 (the implicit reward's scale), got {beta}")
+        if nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0, got {nll_weight}")
         self.tokenizer_path = tokenizer
         self.num_users = num_users
         self.beta = beta
@@ -495,6 +521,11 @@ class PreferenceModule(LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        if hasattr(scheduler, "set_total_steps"):
-            scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # Schedules that need the run's length learn it here, not in configure_optimizers: asking
+        # the trainer there builds the training loader before a resumed run restores its position.
+        for config in self.trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "set_total_steps"):
+                config.scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
