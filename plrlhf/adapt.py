@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import json
 import os
@@ -33,11 +32,13 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
+from plrlhf.checkpoint_io import load_checkpoint as load_checkpoint_file
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.data.registry import UserRegistry
 from plrlhf.export import export
 from plrlhf.methods.base import Batch, PreferenceModule, preference_values
 from plrlhf.methods.pdpo import PersonalizedPreferenceModule
+from plrlhf.specs import resolve_class
 
 NEW_USERS_FILE = "new_users.json"
 
@@ -239,9 +240,16 @@ def _new_users(train: str | list[str], registry: UserRegistry, data_args: dict[s
     return [u for u in reader.registry.users if u not in registry]
 
 
-def load_checkpoint(checkpoint: str | Path) -> tuple[PreferenceModule, UserRegistry, dict[str, Any]]:
-    """The method, the user registry and the data module arguments of a training checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+def load_checkpoint(
+    checkpoint: str | Path, trust_checkpoint: bool = False
+) -> tuple[PreferenceModule, UserRegistry, dict[str, Any]]:
+    """The method, the user registry and the data module arguments of a training checkpoint.
+
+    The file is read as plain data (``weights_only``); the method class it names must be a plrlhf
+    method of a module already imported. ``trust_checkpoint`` reads legacy checkpoints that hold
+    pickled Python objects: that runs code from the file, so only for files you made yourself.
+    """
+    state = load_checkpoint_file(checkpoint, weights_only=not trust_checkpoint)
     # The data module's state (under its class name) holds the registry it trained with.
     registry_state = next(
         (
@@ -259,11 +267,8 @@ def load_checkpoint(checkpoint: str | Path) -> tuple[PreferenceModule, UserRegis
             f"{checkpoint}: the method class is not recorded (not trained with `plrlhf fit`); load the "
             "method yourself and call plrlhf.adapt.adapt_users"
         )
-    module_name, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
-    if not issubclass(cls, PreferenceModule):
-        raise TypeError(f"{checkpoint}: {class_path} is not a plrlhf method")
-    method = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    cls = resolve_class(class_path, PreferenceModule, str(checkpoint))
+    method = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=not trust_checkpoint)
     # The run's data settings (length limits, field names), not its files or batching.
     settings = set(inspect.signature(PreferenceDataModule).parameters) - {
         "train",
@@ -294,6 +299,7 @@ def adapt(
     seed: int = 0,
     accelerator: str = "auto",
     precision: str | None = None,
+    trust_checkpoint: bool = False,
 ) -> Adaptation:
     """Adds the users of ``train`` to a trained personalized model and exports it.
 
@@ -315,8 +321,10 @@ def adapt(
         seed: seed of the data order.
         accelerator: ``cpu``, ``gpu`` or ``auto``.
         precision: Lightning precision (default: fp32 on CPU, bf16-mixed on GPU).
+        trust_checkpoint: read a legacy checkpoint holding pickled Python objects (this runs code
+            from the file: only for checkpoints you made yourself).
     """
-    method, registry, data_args = load_checkpoint(checkpoint)
+    method, registry, data_args = load_checkpoint(checkpoint, trust_checkpoint)
     result = adapt_users(
         method,
         registry,

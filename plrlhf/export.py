@@ -16,7 +16,6 @@ The directory holds standard pieces that other tools read too::
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from plrlhf.data.registry import UserRegistry
 from plrlhf.generation import generate
+from plrlhf.io import atomic_directory
 from plrlhf.policy import Policy, score_rows
+from plrlhf.specs import build
 from plrlhf.tokenizer import load_tokenizer
 from plrlhf.user_models import UserModel
 
@@ -52,8 +53,14 @@ def export(
         merge_lora: merge LoRA adapters into the weights (one plain model directory); otherwise
             save the peft adapter, and the base weights when the base was built from a config.
     """
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written whole into a directory beside the target, which then takes its place: a reader
+    # never finds half an export, and a failed export leaves the previous one.
+    with atomic_directory(directory) as out:
+        _write_export(module, out, registry, merge_lora)
+    return Path(directory)
+
+
+def _write_export(module: Any, out: Path, registry: UserRegistry, merge_lora: bool) -> None:
     policy: Policy = module.policy
     manifest: dict[str, Any] = {
         "format": FORMAT_VERSION,
@@ -87,7 +94,6 @@ def export(
         manifest["user_model"] = "user_model.json"
     (out / "plrlhf.json").write_text(json.dumps(manifest, indent=1))
     (out / "README.md").write_text(_card(manifest, registry))
-    return out
 
 
 def _base_weights(policy: Policy) -> PreTrainedModel:
@@ -101,10 +107,10 @@ def user_model_spec(user_model: UserModel) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": user_model.init_args}
 
 
-def build_user_model(spec: dict[str, Any]) -> UserModel:
-    module_name, _, name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
-    return cls(**spec["init_args"])
+def build_user_model(spec: Any, where: str = "user_model.json") -> UserModel:
+    """The user model a spec describes; only :class:`UserModel` subclasses are built, and no
+    module is imported on the file's say (see :func:`plrlhf.specs.resolve_class`)."""
+    return build(spec, UserModel, where)
 
 
 @dataclass
@@ -188,7 +194,8 @@ def load(
     tokenizer = load_tokenizer(str(root / "tokenizer"))
     user_model = None
     if "user_model" in manifest:
-        user_model = build_user_model(json.loads((root / manifest["user_model"]).read_text()))
+        spec_path = root / manifest["user_model"]
+        user_model = build_user_model(json.loads(spec_path.read_text()), str(spec_path))
         user_model.load_state_dict(load_file(root / "user_model.safetensors"))
     model = model.to(device).eval()
     if user_model is not None:

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from plrlhf.io import atomic_write_json
+
 GENERIC_USER = 0
 GENERIC_NAME = "<generic>"
 
@@ -56,11 +58,24 @@ class UserRegistry:
         return cls(state["users"])
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.state_dict(), indent=1))
+        atomic_write_json(path, self.state_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> UserRegistry:
-        return cls.from_state_dict(json.loads(Path(path).read_text()))
+        """A registry saved by :meth:`save`; a clear error naming the file for anything else."""
+        path = Path(path)
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"user registry not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not a user registry (malformed JSON: {error})") from None
+        users = state.get("users") if isinstance(state, dict) else None
+        if not isinstance(users, list) or not all(isinstance(u, (str, int)) for u in users):
+            raise ValueError(f'{path}: not a user registry: expected {{"users": [<user id>, ...]}}')
+        if len({str(u) for u in users}) != len(users):
+            raise ValueError(f"{path}: a user is listed twice")
+        return cls(users)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, UserRegistry) and self.users == other.users
