@@ -229,7 +229,7 @@ class Policy(nn.Module):
             self.lm.train(was_training)
 
     def reference_fingerprint(self) -> str:
-        """A cheap checksum of the reference weights (names, shapes, sums), to key caches.
+        """A digest of the reference weights (names, shapes, dtypes and bytes), to key caches.
 
         With sharded weights (FSDP2) every process must call it: shards are gathered one by one.
         """
@@ -240,8 +240,10 @@ class Policy(nn.Module):
                     if "lora_" not in name:
                         value = p.detach()
                         value = value.full_tensor() if hasattr(value, "full_tensor") else value  # a shard
-                        digest.update(f"{name}{tuple(p.shape)}{value.float().sum().item():.6e}".encode())
-        return digest.hexdigest()[:16]
+                        digest.update(f"{name}{tuple(p.shape)}{value.dtype}".encode())
+                        # The bytes themselves: rounded sums let two different models collide.
+                        digest.update(value.contiguous().view(torch.uint8).cpu().numpy().data)
+        return digest.hexdigest()
 
 
 def score_rows(

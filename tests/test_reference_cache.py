@@ -42,7 +42,7 @@ def test_training_steps_run_no_reference_forward(tmp_path, count_reference_forwa
     dm, module = setup(tmp_path)
     quiet_trainer(tmp_path, max_epochs=2).fit(module, datamodule=dm)
     assert count_reference_forwards["n"] == 5  # one pass over 40 triples in batches of 8, then none
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
 
     # a later run on the same data and model reads the cache: no reference forward at all
     count_reference_forwards["n"] = 0
@@ -76,3 +76,75 @@ def test_cache_key_follows_data_and_weights(tmp_path):
     with torch.no_grad():
         next(module.policy.reference.parameters()).add_(1.0)
     assert module.policy.reference_fingerprint() != before
+
+
+def reference_table(tmp_path, **kwargs):
+    dm, module = setup(tmp_path, **kwargs)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    return module.reference_table.clone()
+
+
+@pytest.mark.parametrize(
+    "plant, warning",
+    [
+        ("values", "do not match their checksum"),
+        ("shape", "shape"),
+        ("foreign", "other data or another reference model"),
+        ("garbage", "unreadable"),
+        ("empty", "unreadable"),
+    ],
+)
+def test_a_planted_or_damaged_cache_entry_is_recomputed_and_reported(tmp_path, plant, warning):
+    """A file with the entry's name but wrong values (planted, stale, half-written) is never used."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from plrlhf.methods.reference_cache import write_table
+
+    (tmp_path / "first").mkdir()
+    good = reference_table(tmp_path / "first")
+    (entry,) = (tmp_path / "first" / "cache").glob("*.safetensors")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    target = cache / entry.name
+    with safe_open(str(entry), framework="pt") as handle:
+        key = handle.metadata()["key"]
+    if plant == "values":  # right key and shape, wrong values (the 0.0025-loss case)
+        save_file({"reference_logps": good * 0.0}, str(target), metadata={"key": key, "sha256": "0" * 64})
+    elif plant == "shape":
+        write_table(target, key, good[:-3])
+    elif plant == "foreign":
+        write_table(target, "another key", good * 0.0)
+    elif plant == "garbage":
+        target.write_bytes(b"not a table")
+    else:
+        target.write_bytes(b"")
+    with pytest.warns(UserWarning, match=warning):
+        again = reference_table(tmp_path)
+    assert_close(again, good)
+    from plrlhf.methods.reference_cache import read_table
+
+    assert read_table(target, key, len(good))[0] is not None  # rewritten intact
+
+
+def test_concurrent_writers_of_one_entry_never_collide(tmp_path):
+    """Two processes writing the same entry at once: unique temporary names, atomic rename."""
+    import subprocess
+    import sys
+
+    from plrlhf.methods.reference_cache import read_table
+
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from plrlhf.methods.reference_cache import write_table\n"
+        "for i in range(200):\n"
+        "    write_table(Path(sys.argv[1]), 'k', torch.arange(2000.).reshape(1000, 2))\n"
+    )
+    target = tmp_path / "entry.safetensors"
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(target)]) for _ in range(3)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    table, problem = read_table(target, "k", 1000)
+    assert table is not None, problem
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.safetensors"]  # no temporary left

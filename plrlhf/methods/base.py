@@ -270,10 +270,10 @@ class PreferenceModule(LightningModule):
         # the batches between them below).
         train = datamodule.train_dataloader()
         loader = DataLoader(train.dataset, batch_size=train.batch_size, collate_fn=train.collate_fn)
-        path = None
+        path, key = None, ""
         if self.reference_cache_dir is not None and hasattr(datamodule, "fingerprint"):
             key = cache_key(datamodule.fingerprint("train"), self.policy.reference_fingerprint())
-            path = Path(self.reference_cache_dir) / f"{key}.pt"
+            path = Path(self.reference_cache_dir) / f"{key[:32]}.safetensors"
 
         def compute() -> Tensor:
             return compute_reference_table(
@@ -286,9 +286,8 @@ class PreferenceModule(LightningModule):
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
             )
 
-        table, from_disk = load_or_compute(path, compute, is_writer=trainer.is_global_zero)
-        source = "loaded from" if from_disk else "computed, saved to" if path else "computed"
-        rank_zero_info(f"reference log-probs of {len(table)} training triples {source} {path or ''}")
+        table, source = load_or_compute(path, key, len(loader.dataset), compute, trainer.is_global_zero)
+        rank_zero_info(f"reference log-probs of {len(table)} training triples {source}")
         return table.to(self.device)
 
     def forward(

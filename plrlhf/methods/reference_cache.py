@@ -12,14 +12,19 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from plrlhf.io import atomic_write_bytes
 
 Batch = dict[str, Tensor]
 
 
 def cache_key(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def compute_reference_table(
@@ -66,17 +71,48 @@ def compute_reference_table(
     return table
 
 
-def load_or_compute(path: Path | None, compute: Callable[[], Tensor], is_writer: bool) -> tuple[Tensor, bool]:
-    """The table at ``path`` if it exists, else ``compute()`` (saved to ``path`` by the writer).
+def _checksum(table: Tensor) -> str:
+    return hashlib.sha256(table.contiguous().cpu().numpy().tobytes()).hexdigest()
 
-    Returns the table and whether it came from disk.
-    """
-    if path is not None and path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True), True
+
+def read_table(path: Path, key: str, rows: int) -> tuple[Tensor | None, str]:
+    """The table cached at ``path`` if it is the entry for ``key`` with ``rows`` rows and intact
+    contents; else ``None`` and why not."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            table = handle.get_tensor("reference_logps")
+    except Exception as error:  # any unreadable file is a miss, whatever the library raises
+        return None, f"unreadable ({type(error).__name__}: {error})"
+    if metadata.get("key") != key:
+        return None, "written for other data or another reference model"
+    if tuple(table.shape) != (rows, 2) or table.dtype != torch.float32:
+        return None, f"shape {tuple(table.shape)} {table.dtype}, expected ({rows}, 2) float32"
+    if metadata.get("sha256") != _checksum(table):
+        return None, "its values do not match their checksum"
+    return table, ""
+
+
+def write_table(path: Path, key: str, table: Tensor) -> None:
+    """Store ``table`` with its key and checksum, atomically (a unique temporary file, renamed)."""
+    table = table.detach().float().cpu().contiguous()
+    data = save({"reference_logps": table}, metadata={"key": key, "sha256": _checksum(table)})
+    atomic_write_bytes(path, data)
+
+
+def load_or_compute(
+    path: Path | None, key: str, rows: int, compute: Callable[[], Tensor], is_writer: bool
+) -> tuple[Tensor, str]:
+    """The cached table at ``path`` if it is intact and for ``key``, else ``compute()`` (saved by
+    the writer). Returns the table and what happened, for the log."""
+    if path is not None and path.exists():
+        table, problem = read_table(path, key, rows)
+        if table is not None:
+            return table, f"loaded from {path}"
+        rank_zero_warn(f"reference cache {path} not used: {problem}; recomputing")
     table = compute()
-    if path is not None and is_writer:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(table.cpu(), tmp)
-        tmp.replace(path)  # atomic: a crash never leaves a half-written cache
-    return table, False
+    if path is None:
+        return table, "computed"
+    if is_writer:
+        write_table(path, key, table)
+    return table, f"computed, saved to {path}"
