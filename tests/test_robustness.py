@@ -1,5 +1,8 @@
 """Non-finite losses, determinism."""
 
+import csv
+import math
+
 import pytest
 import torch
 from lightning.pytorch import Callback, seed_everything
@@ -45,33 +48,57 @@ class Losses(Callback):
         self.weights[("end", batch_idx)] = pl_module.user_model.offsets.weight.detach().clone()
 
 
-def test_nonfinite_loss_stops_with_step_users_and_last_good_state(tmp_path):
-    dm, module = setup(tmp_path)
-    poison_step(module)
-    trainer = quiet_trainer(tmp_path, max_steps=4)
-    with pytest.raises(
-        FloatingPointError, match=r"non-finite loss at step 1 \(epoch 0, batch 1\), users \['user_"
-    ):
+def test_a_diverging_run_stops_and_saves_weights_that_evaluate_finitely(tmp_path):
+    """An update with an absurd learning rate blows the weights up (~1e25); the next loss is
+    non-finite. The saved state is the one from before that update, and it tests finitely."""
+    import functools
+
+    dm, module = setup(tmp_path, optimizer=functools.partial(torch.optim.AdamW, lr=1e25))
+    trainer = quiet_trainer(tmp_path, max_steps=6)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d) \(epoch 0, batch \1\), users \['user_"):
         trainer.fit(module, datamodule=dm)
-    saved = torch.load(tmp_path / "checkpoints/nonfinite-last-good.ckpt", weights_only=False)
-    assert saved["global_step"] == 1
-    # the saved weights are the module's now: the bad batch never reached the optimizer
-    for name, value in module.state_dict().items():
-        torch.testing.assert_close(saved["state_dict"][name], value, msg=name)
-    assert all(torch.isfinite(v).all() for v in module.state_dict().values() if v.is_floating_point())
+    path = tmp_path / "checkpoints/nonfinite-last-good.ckpt"
+    (metrics,) = quiet_trainer(tmp_path).test(module, datamodule=dm, ckpt_path=path, verbose=False)
+    assert all(math.isfinite(v) for v in metrics.values()) and metrics
 
 
-def test_nonfinite_loss_can_skip_the_batch(tmp_path):
+def test_a_nonfinite_first_batch_stops_with_the_initial_state(tmp_path):
+    dm, module = setup(tmp_path)
+    poison_step(module, bad_call=1)
+    with pytest.raises(FloatingPointError, match="the state at the first step"):
+        quiet_trainer(tmp_path, max_steps=4).fit(module, datamodule=dm)
+
+
+def test_nonfinite_loss_can_skip_the_batch_and_logs_no_stale_loss(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
     dm, module = setup(tmp_path, on_nonfinite="skip")
     poison_step(module)
     losses = Losses()
-    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[losses])
+    logger = CSVLogger(tmp_path, name="", version="log")
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[losses], logger=logger, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
     assert module.skipped_batches == 1 and losses.losses[1] is None
     # Lightning still counts the step, but nothing had a gradient, so nothing moved
     assert torch.equal(losses.weights[("start", 1)], losses.weights[("end", 1)])
     assert not torch.equal(losses.weights[("start", 2)], losses.weights[("end", 2)])
     assert all(torch.isfinite(v).all() for v in module.state_dict().values() if v.is_floating_point())
+    rows = list(csv.DictReader(open(tmp_path / "log" / "metrics.csv")))
+    logged = {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
+    assert logged[1] == "nan" and logged[0] != logged[2] != "nan"  # the skipped step: its own loss
+
+
+def test_skipping_gives_up_after_max_consecutive_skips(tmp_path):
+    dm, module = setup(tmp_path, on_nonfinite="skip", max_consecutive_skips=2)
+    original, calls = module.combine, {"n": 0}
+
+    def combine(values):  # every batch from the second on is non-finite
+        calls["n"] += 1
+        return original(values) * (float("nan") if calls["n"] >= 2 else 1.0)
+
+    module.combine = combine
+    with pytest.raises(FloatingPointError, match="3 batches in a row skipped .*max_consecutive_skips=2"):
+        quiet_trainer(tmp_path, max_epochs=1).fit(module, datamodule=dm)
 
 
 def test_same_seed_same_losses(tmp_path):

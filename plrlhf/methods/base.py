@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from plrlhf.generation import generate
 from plrlhf.losses import PreferenceLoss, Sigmoid
 from plrlhf.methods.metrics import SCALARS, PreferenceMetrics
+from plrlhf.methods.nonfinite import NonFiniteGuard
 from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
 from plrlhf.packing import SHARED_PROMPT_PARENTS, pack_shared_prompt
 from plrlhf.policy import ModelSource, Policy, build_causal_lm
@@ -111,6 +112,7 @@ class PreferenceModule(LightningModule):
         shared_prompt: bool = False,
         generation: dict[str, Any] | None = None,
         on_nonfinite: Literal["stop", "skip"] = "stop",
+        max_consecutive_skips: int = 10,
     ) -> None:
         """
         Args:
@@ -136,9 +138,11 @@ class PreferenceModule(LightningModule):
                 values, fewer tokens; needs a model that honours a 4D attention mask.
             generation: keyword arguments of transformers' ``generate`` for ``predict`` on prompts
                 (e.g. ``{max_new_tokens: 64, do_sample: true, top_p: 0.9}``; default: greedy, 128).
-            on_nonfinite: a NaN/inf training loss ``stop``s the run (after saving the last good
-                state to ``<log dir>/checkpoints/nonfinite-last-good.ckpt``) or ``skip``s the
+            on_nonfinite: a NaN/inf training loss ``stop``s the run (after saving the state from
+                before the update that diverged to ``<log dir>/checkpoints/nonfinite-last-good.ckpt``;
+                this keeps a CPU copy of the trainable weights and optimizer state) or ``skip``s the
                 batch (counted in ``train/skipped_batches``).
+            max_consecutive_skips: with ``skip``, stop after this many non-finite batches in a row.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -169,8 +173,7 @@ class PreferenceModule(LightningModule):
         self.reference_table: Tensor | None = None
         self.shared_prompt = shared_prompt
         self.generation = {"max_new_tokens": 128, "do_sample": False, **(generation or {})}
-        self.on_nonfinite = on_nonfinite
-        self.skipped_batches = 0
+        self.nonfinite = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
         self.pad_token_id = tok.pad_token_id
         self.metrics = nn.ModuleDict({stage: self._new_metrics() for stage in ("val", "test")})
         self._sharded = False
@@ -316,33 +319,29 @@ class PreferenceModule(LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         objective, values = self(batch)
         batch_size = batch["user_ids"].shape[0]
-        # Decided on all processes together: one rank alone skipping or stopping would hang DDP.
-        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(objective)), all=False):
-            return self._nonfinite(batch, batch_idx)
+        # Logged whatever the value: a skipped batch must not leave the previous step's loss.
         self.log("train/loss", objective, prog_bar=True, batch_size=batch_size)
         main = values[self.conditions[0]]
         for name in SCALARS[1:]:  # the loss logged above is the full objective
             self.log(f"train/{name}", main[name].mean(), batch_size=batch_size)
+        # Decided on all processes together: one rank alone skipping or stopping would hang DDP.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(objective)), all=False):
+            names = getattr(self._datamodule(), "user_names", None)
+            users = sorted({names[k] if names else str(k) for k in batch["user_keys"].tolist()})
+            where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}), users {users}"
+            self.nonfinite.handle(self, where, lambda: not bool(torch.isfinite(self(batch)[0])))
+            self.log("train/skipped_batches", float(self.nonfinite.skipped))
+            return None
+        self.nonfinite.finite()
         return objective
 
-    def _nonfinite(self, batch: Batch, batch_idx: int) -> None:
-        """Skip the batch, or save the weights (not yet touched by this batch) and stop."""
-        names = getattr(self._datamodule(), "user_names", None)
-        keys = batch["user_keys"].tolist()
-        users = sorted({names[k] if names else str(k) for k in keys})
-        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}), users {users}"
-        if self.on_nonfinite == "skip":
-            self.skipped_batches += 1
-            self.log("train/skipped_batches", float(self.skipped_batches))
-            rank_zero_warn(f"non-finite loss at {where}: batch skipped")
-            return None
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        path = log_dir / "checkpoints" / "nonfinite-last-good.ckpt"
-        self.trainer.save_checkpoint(path)
-        raise FloatingPointError(
-            f"non-finite loss at {where}; the last good state is saved to {path}. "
-            "Lower the learning rate, check the data, or set model.init_args.on_nonfinite: skip"
-        )
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.nonfinite.before_update(self, optimizer)
+
+    @property
+    def skipped_batches(self) -> int:
+        """Training batches left out for a non-finite loss (``on_nonfinite: skip``)."""
+        return self.nonfinite.skipped
 
     def _eval_step(self, stage: str, batch: Batch) -> None:
         _, values = self(batch)
