@@ -38,9 +38,7 @@ def check_checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(
-    path: str | Path, map_location: Any = "cpu", weights_only: bool = True
-) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", weights_only: bool = True) -> dict[str, Any]:
     """``torch.load`` of a checkpoint file, refusing (with the reason) anything but plain data."""
     path = check_checkpoint_file(path)
     try:
@@ -51,7 +49,9 @@ def load_checkpoint(
             f"({str(error).splitlines()[0]}). {TRUST_HINT}"
         ) from None
     except (RuntimeError, EOFError) as error:
-        raise ValueError(f"checkpoint {path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+        raise ValueError(
+            f"checkpoint {path} is not a readable checkpoint (truncated or corrupt?): {error}"
+        ) from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     return checkpoint
@@ -60,10 +60,16 @@ def load_checkpoint(
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO, with atomic writes in the target's directory and safe loads."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         atomic_torch_save(checkpoint, path)
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return load_checkpoint(path, map_location, weights_only=True if weights_only is None else weights_only)
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint(
+            path, map_location, weights_only=True if weights_only is None else weights_only
+        )

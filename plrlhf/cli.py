@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport
-from plrlhf.checkpoint_io import AtomicCheckpointIO
+from plrlhf.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.methods.base import PreferenceModule
 
@@ -53,7 +54,9 @@ class PlrlhfCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(SaveOnSigterm, "sigterm")
 
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in EVALUATIONS:
             parser.add_argument(
@@ -65,12 +68,22 @@ class PlrlhfCLI(LightningCLI):
             )
         return parser
 
+    def _parse_ckpt_path(self) -> None:
+        # Before Lightning reads the checkpoint's hyperparameters into the config: ``last`` is
+        # the evaluated run's own checkpoint, and a missing, empty or directory path is named.
+        subcommand = self.config.get("subcommand")
+        if subcommand in EVALUATIONS:
+            config = self.config[subcommand]
+            config.ckpt_path = resolve_checkpoint(config, run_directory(config), subcommand)
+            if config.ckpt_path is not None:
+                check_checkpoint_file(config.ckpt_path)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand in (None, "fit"):
             return
         config = self.config[self.subcommand]
         run = run_directory(config)
-        config.ckpt_path = resolve_checkpoint(config, run, self.subcommand)
         # Evaluating a run from its saved config would reuse the run's logger version, and the
         # logger would replace the training metrics there: evaluation logs go one level down.
         init_args = getattr(config.trainer.logger, "init_args", None)
@@ -168,16 +181,24 @@ def main(args: list[str] | None = None) -> None:
         from plrlhf.gguf import main as convert_main
 
         return convert_main(argv[1:])
-    PlrlhfCLI(
-        PreferenceModule,
-        PreferenceDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_callback=SaveFitConfig,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        PlrlhfCLI(
+            PreferenceModule,
+            PreferenceDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_callback=SaveFitConfig,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except ValueError as error:
+        # Errors raised while LightningCLI computes an argument link (e.g. building the user
+        # registry from a bad file) arrive wrapped in jsonargparse's own message and traceback.
+        cause = error.__cause__
+        if "compute_fn of link" not in str(error) or cause is None or os.environ.get("PLRLHF_DEBUG"):
+            raise
+        raise SystemExit(f"error: {cause} (PLRLHF_DEBUG=1 shows the traceback)") from None
 
 
 if __name__ == "__main__":

@@ -61,8 +61,7 @@ def _init_args(obj: Any) -> dict[str, Any]:
         return {
             field.name: getattr(obj, field.name)
             for field in dataclasses.fields(obj)
-            if field.init
-            and (defaults is None or getattr(obj, field.name) != getattr(defaults, field.name))
+            if field.init and (defaults is None or getattr(obj, field.name) != getattr(defaults, field.name))
         }
     args = {}
     for name, parameter in inspect.signature(type(obj)).parameters.items():

@@ -21,6 +21,12 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
             f"tokenizer directory {path!r} not found; plrlhf never downloads at run time: "
             "give a local directory (data/make_tokenizer.py builds the bundled one)"
         )
+    files = {p.name for p in Path(path).iterdir()}
+    if not files & {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt"}:
+        raise FileNotFoundError(
+            f"tokenizer directory {path!r} holds no tokenizer files (tokenizer.json, tokenizer_config.json, "
+            f"...): found {sorted(files)[:8] or 'nothing'}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at {path!r} has no EOS token; responses must end with one")

@@ -15,6 +15,14 @@ import torch
 from torch import Tensor, nn
 
 
+def check_sizes(**sizes: int) -> None:
+    """Refuse, by argument name, a size that builds an empty or negative table."""
+    for name, value in sizes.items():
+        least = 0 if name == "num_users" else 1
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 class UserModel(nn.Module):
     """Interface: ``forward(user_ids) -> (B, n_tokens, hidden_size)`` soft tokens.
 
@@ -159,6 +167,7 @@ class IndividualUserModel(UserModel):
             seed: seed of the vocabulary sampling.
         """
         super().__init__()
+        check_sizes(num_users=num_users, hidden_size=hidden_size, n_tokens=n_tokens)
         self.num_users = num_users
         self.n_tokens = n_tokens
         self.generic = generic
@@ -220,6 +229,7 @@ class ClusterUserModel(UserModel):
             seed: seed of the vocabulary sampling of the cluster embeddings.
         """
         super().__init__()
+        check_sizes(num_users=num_users, hidden_size=hidden_size, n_tokens=n_tokens, n_clusters=n_clusters)
         self.n_tokens = n_tokens
         self.n_clusters = n_clusters
         self.seed = seed
@@ -273,6 +283,7 @@ class LowRankUserModel(UserModel):
             seed: seed of the vocabulary sampling of ``e_0`` and the basis.
         """
         super().__init__()
+        check_sizes(num_users=num_users, hidden_size=hidden_size, n_tokens=n_tokens, rank=rank)
         self.num_users = num_users
         self.n_tokens = n_tokens
         self.rank = rank

@@ -16,12 +16,19 @@ def trained(tmp_path_factory):
     """A short IndividualPDPO run with the default logger: no fixed version (``version_0``)."""
     tmp = tmp_path_factory.mktemp("run")
     users = ("user_0", "user_1", "user_4")
-    train = write_jsonl(tmp / "train.jsonl", [r for r in synthetic_rows("train") if r["user_id"] in users][:48])
+    train = write_jsonl(
+        tmp / "train.jsonl", [r for r in synthetic_rows("train") if r["user_id"] in users][:48]
+    )
     test = write_jsonl(tmp / "test.jsonl", [r for r in synthetic_rows("test") if r["user_id"] in users][:24])
     main(
         [
             "fit",
-            *("--config", str(CONFIGS / "trainer/cpu.yaml"), "--config", str(CONFIGS / "data/synthetic.yaml")),
+            *(
+                "--config",
+                str(CONFIGS / "trainer/cpu.yaml"),
+                "--config",
+                str(CONFIGS / "data/synthetic.yaml"),
+            ),
             *("--config", str(CONFIGS / "method/individual_pdpo.yaml")),
             *("--config", str(CONFIGS / "model/tiny-llama.yaml")),
             *("--data.init_args.train", str(train), "--data.init_args.validation", "null"),
@@ -45,11 +52,15 @@ def test_without_a_checkpoint_test_and_predict_refuse(trained, tmp_path, monkeyp
     for command in ("test", "predict"):
         with pytest.raises(SystemExit) as refused:
             main([command, "--config", str(run / "config.yaml"), "--data.init_args.predict", str(test)])
-        assert "no --ckpt_path given" in str(refused.value.code) and "--untrained true" in str(refused.value.code)
+        assert "no --ckpt_path given" in str(refused.value.code) and "--untrained true" in str(
+            refused.value.code
+        )
     assert not (run / "test").exists() and not (run / "predict").exists()
 
 
-def test_ckpt_path_last_is_the_runs_own_checkpoint_and_outputs_go_below_the_run(trained, tmp_path, monkeypatch):
+def test_ckpt_path_last_is_the_runs_own_checkpoint_and_outputs_go_below_the_run(
+    trained, tmp_path, monkeypatch
+):
     run, test = trained
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
@@ -60,7 +71,17 @@ def test_ckpt_path_last_is_the_runs_own_checkpoint_and_outputs_go_below_the_run(
     main(["test", "--config", str(run / "config.yaml"), "--untrained", "true"])
     untrained = metrics(run)
     assert untrained["test/rewards/margins"] != explicit["test/rewards/margins"]
-    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", "last", "--data.init_args.predict", str(test)])
+    main(
+        [
+            "predict",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            "last",
+            "--data.init_args.predict",
+            str(test),
+        ]
+    )
     assert len((run / "predict" / "predictions.jsonl").read_text().splitlines()) == 24
     assert not list(tmp_path.iterdir())  # no lightning_logs/ version_<n+1> beside
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]

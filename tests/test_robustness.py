@@ -55,7 +55,9 @@ def test_a_diverging_run_stops_and_saves_weights_that_evaluate_finitely(tmp_path
 
     dm, module = setup(tmp_path, optimizer=functools.partial(torch.optim.AdamW, lr=1e25))
     trainer = quiet_trainer(tmp_path, max_steps=6)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d) \(epoch 0, batch \1\), users \['user_"):
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite loss at step (\d) \(epoch 0, batch \1\), users \['user_"
+    ):
         trainer.fit(module, datamodule=dm)
     path = tmp_path / "checkpoints/nonfinite-last-good.ckpt"
     (metrics,) = quiet_trainer(tmp_path).test(module, datamodule=dm, ckpt_path=path, verbose=False)

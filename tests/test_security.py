@@ -65,7 +65,9 @@ def test_adapt_refuses_a_checkpoint_that_would_run_code(trained, tmp_path):
     state["hyper_parameters"]["extra"] = Payload(marker)
     hostile = tmp_path / "hostile.ckpt"
     torch.save(state, hostile)
-    new = write_jsonl(tmp_path / "new.jsonl", [r for r in synthetic_rows("test") if r["user_id"] == "new_2"][:4])
+    new = write_jsonl(
+        tmp_path / "new.jsonl", [r for r in synthetic_rows("test") if r["user_id"] == "new_2"][:4]
+    )
     with pytest.raises(ValueError, match="refused: it holds Python objects"):
         adapt(str(hostile), str(new), output=str(tmp_path / "out"), steps=1, accelerator="cpu")
     assert not marker.exists()
@@ -76,19 +78,33 @@ def test_adapt_refuses_a_checkpoint_that_would_run_code(trained, tmp_path):
 def test_adapt_refuses_a_checkpoint_naming_a_class_that_is_not_a_method(trained, tmp_path):
     _, _, checkpoint = trained
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    new = write_jsonl(tmp_path / "new.jsonl", [r for r in synthetic_rows("test") if r["user_id"] == "new_2"][:4])
-    for class_path, error in (("subprocess.Popen", "not a .*PreferenceModule subclass"), ("antigravity.X", "not in a module imported")):
+    new = write_jsonl(
+        tmp_path / "new.jsonl", [r for r in synthetic_rows("test") if r["user_id"] == "new_2"][:4]
+    )
+    for class_path, error in (
+        ("subprocess.Popen", "not a .*PreferenceModule subclass"),
+        ("antigravity.X", "not in a module imported"),
+    ):
         state["hyper_parameters"]["_class_path"] = class_path
         torch.save(state, tmp_path / "other.ckpt")
         with pytest.raises((TypeError, ValueError), match=error):
-            adapt(str(tmp_path / "other.ckpt"), str(new), output=str(tmp_path / "out"), steps=1, accelerator="cpu")
+            adapt(
+                str(tmp_path / "other.ckpt"),
+                str(new),
+                output=str(tmp_path / "out"),
+                steps=1,
+                accelerator="cpu",
+            )
     assert "antigravity" not in __import__("sys").modules
 
 
 @pytest.mark.parametrize(
     "spec, error",
     [
-        ({"class_path": "subprocess.run", "init_args": {"args": ["touch", "MARKER"]}}, "not a .*UserModel subclass"),
+        (
+            {"class_path": "subprocess.run", "init_args": {"args": ["touch", "MARKER"]}},
+            "not a .*UserModel subclass",
+        ),
         ({"class_path": "os.system", "init_args": {"command": "touch MARKER"}}, "not a .*UserModel subclass"),
         ({"class_path": "this_is_not_imported.Model", "init_args": {}}, "not in a module imported"),
         ({"class_path": "plrlhf.user_models.IndividualUserModel", "init_args": {}, "x": 1}, "expected"),

@@ -3,6 +3,7 @@
 from plrlhf.callbacks.export import Export
 from plrlhf.callbacks.plots import PerUserReport, UserEmbeddingMap
 from plrlhf.callbacks.predictions import PredictionWriter
+from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport, format_table
 from plrlhf.callbacks.samples import GenerationSamples
 
@@ -11,6 +12,7 @@ __all__ = [
     "GenerationSamples",
     "PerUserReport",
     "PredictionWriter",
+    "SaveOnSigterm",
     "TestReport",
     "UserEmbeddingMap",
     "format_table",

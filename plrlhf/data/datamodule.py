@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from plrlhf.data.collate import EncodedPrompt, EncodedTriple, PreferenceCollator, PromptCollator
@@ -111,6 +112,15 @@ class PreferenceDataModule(LightningDataModule):
             "test": _as_list(test),
             "predict": _as_list(predict),
         }
+        for name, value, least in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size if eval_batch_size is not None else 1, 1),
+            ("max_length", max_length, 2),
+            ("max_prompt_length", max_prompt_length, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         if max_prompt_length >= max_length:
@@ -129,7 +139,8 @@ class PreferenceDataModule(LightningDataModule):
         self.shuffle = shuffle
         self._registry: UserRegistry | None = None
         self._user_keys: NameTable | None = None
-        self._group_keys = NameTable([""])
+        self._group_keys = NameTable("")
+        self._spellings: dict[str, Counter] = {}
         self._group_counts: dict[str, Counter] = {}
         self.datasets: dict[Split, list[EncodedTriple]] = {}
         self.stats: dict[Split, SplitStats] = {}
@@ -158,7 +169,7 @@ class PreferenceDataModule(LightningDataModule):
     def user_keys(self) -> NameTable:
         # Seen users first, so that a seen user's key equals its model index.
         if self._user_keys is None:
-            self._user_keys = NameTable([GENERIC_NAME, *self.registry.users])
+            self._user_keys = NameTable(GENERIC_NAME, self.registry.users)
         return self._user_keys
 
     @property
@@ -188,8 +199,23 @@ class PreferenceDataModule(LightningDataModule):
             for located in read_records(path):
                 user = located.record.get(self.fields.user)
                 if user is not None:
+                    self._spelled(user)
                     registry.add(user)
+        self._warn_same_ids("training files")
         return registry
+
+    def _spelled(self, user: Any) -> None:
+        self._spellings.setdefault(str(user), Counter())[json.dumps(user)] += 1
+
+    def _warn_same_ids(self, where: str) -> None:
+        """User ids are compared as strings: ``1`` and ``"1"`` are one user. Say so, with counts."""
+        merged = {key: c for key, c in self._spellings.items() if len(c) > 1}
+        for key, counts in list(merged.items())[:10]:
+            spelled = " and ".join(f"{spelling} ({n} records)" for spelling, n in counts.most_common())
+            rank_zero_warn(f"user ids {spelled} in the {where} are one user {key!r} (ids compare as strings)")
+        if len(merged) > 10:
+            rank_zero_warn(f"... and {len(merged) - 10} more user ids spelled both as numbers and strings")
+        self._spellings.clear()
 
     def fingerprint(self, split: Split) -> str:
         """A hash of everything that decides the token ids of a split: file contents, tokenizer
@@ -349,18 +375,22 @@ class PreferenceDataModule(LightningDataModule):
 
 
 class NameTable:
-    """Names to consecutive integer keys, growing as new names appear; ``None`` is key 0."""
+    """Names to consecutive integer keys, growing as new names appear; ``None`` is key 0, shown
+    as ``reserved``. A real name equal to ``reserved`` gets a key of its own and a display name
+    that says so, so it never merges with the reserved entry in metrics and tables."""
 
-    def __init__(self, names: list[str]) -> None:
-        self.names = list(names)
-        self._keys = {name: i for i, name in enumerate(self.names)}
+    def __init__(self, reserved: str, names: list[str] = ()) -> None:
+        self.names = [reserved]
+        self._keys: dict[str, int] = {}
+        for name in names:
+            self.key(name)
 
     def key(self, name: str | None) -> int:
         if name is None:
             return 0
         if name not in self._keys:
             self._keys[name] = len(self.names)
-            self.names.append(name)
+            self.names.append(f"{name} (id)" if name == self.names[0] else name)
         return self._keys[name]
 
 

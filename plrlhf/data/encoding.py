@@ -93,6 +93,8 @@ def _text_or_messages(record: dict[str, Any], key: str, where: str, allow_missin
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
         for m in value
     ):
+        if not value:
+            raise DataError(where, f"field {key!r} is an empty conversation (no messages)")
         return value
     raise DataError(
         where,

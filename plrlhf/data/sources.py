@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +31,37 @@ class Located:
     where: str
 
 
-def _open_text(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8", errors="strict")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a file, each line decoded on its own, so that bad bytes and
+    damaged compressed data are reported at their line."""
+    number = 0
+    with _open_binary(path) as handle:
+        while True:
+            try:
+                raw = handle.readline()
+            except (EOFError, OSError, zlib.error) as error:
+                raise DataError(
+                    f"{path}:{number + 1}", f"corrupt or truncated gzip data after line {number} ({error})"
+                ) from None
+            if not raw:
+                return
+            number += 1
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{number}", f"not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
+                ) from None
 
 
 def _is_json_array(path: Path) -> bool:
-    with _open_text(path) as handle:
-        for line in handle:
-            if line.strip():
-                return line.lstrip().startswith("[")
+    for _, line in _lines(path):
+        if line.strip():
+            return line.lstrip().startswith("[")
     return False
 
 
@@ -48,36 +70,33 @@ def read_records(path: str | Path) -> Iterator[Located]:
 
     A JSON file holding one array is read as that array; anything else is read line by line.
     Blank lines are skipped. Raises :class:`DataError` naming the file and line on malformed JSON,
-    non-UTF-8 bytes or a record that is not an object.
+    non-UTF-8 bytes, damaged gzip data or a record that is not an object.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(str(path), "is a directory; expected a data file (.jsonl, .json, optionally .gz)")
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    try:
-        if _is_json_array(path):
-            yield from _read_array(path)
-        else:
-            yield from _read_lines(path)
-    except UnicodeDecodeError as error:
-        raise DataError(str(path), f"not valid UTF-8 ({error.reason} at byte {error.start})") from None
+    if _is_json_array(path):
+        yield from _read_array(path)
+    else:
+        yield from _read_lines(path)
 
 
 def _read_lines(path: Path) -> Iterator[Located]:
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(where, f"malformed JSON ({error.msg}, column {error.colno})") from None
-            yield Located(_as_object(record, where), where)
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(where, f"malformed JSON ({error.msg}, column {error.colno})") from None
+        yield Located(_as_object(record, where), where)
 
 
 def _read_array(path: Path) -> Iterator[Located]:
-    with _open_text(path) as handle:
-        text = handle.read()
+    text = "".join(line for _, line in _lines(path))
     try:
         records = json.loads(text)
     except json.JSONDecodeError as error:

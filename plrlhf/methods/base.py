@@ -78,7 +78,9 @@ def _record_as_plain_data(module: LightningModule) -> None:
         try:
             plain[name] = to_plain(value)
         except TypeError as error:
-            rank_zero_warn(f"{name}: {error}; checkpoints of this module will not load with weights_only=True")
+            rank_zero_warn(
+                f"{name}: {error}; checkpoints of this module will not load with weights_only=True"
+            )
             return
     module.hparams.update(plain)
     module.hparams["_class_path"] = class_path(type(module))

@@ -44,7 +44,11 @@ class NonFiniteGuard:
         """Called before each optimizer step (``on_before_optimizer_step``)."""
         if self.mode == "stop":
             self._before_update = {
-                "parameters": {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters() if p.requires_grad},
+                "parameters": {
+                    n: p.detach().to("cpu", copy=True)
+                    for n, p in module.named_parameters()
+                    if p.requires_grad
+                },
                 "optimizer": _cpu_copy(optimizer.state_dict()),
             }
 
@@ -72,10 +76,15 @@ class NonFiniteGuard:
         with torch.no_grad():
             batch_is_bad = restored and still_nonfinite()
         if batch_is_bad:
-            verdict = " Even with the weights from before the last update this batch gives a non-finite loss: check its data."
+            verdict = (
+                " Even with the weights from before the last update this batch gives a non-finite "
+                "loss: check its data."
+            )
         path = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / NONFINITE_CHECKPOINT
         trainer.save_checkpoint(path)
-        state = "the state from before the update that diverged" if restored else "the state at the first step"
+        state = (
+            "the state from before the update that diverged" if restored else "the state at the first step"
+        )
         raise FloatingPointError(
             f"non-finite loss at {where}; {state} is saved to {path}.{verdict} Lower the learning rate, "
             "check the data, or set model.init_args.on_nonfinite: skip"
