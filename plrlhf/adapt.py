@@ -36,7 +36,8 @@ from plrlhf.checkpoint_io import load_checkpoint as load_checkpoint_file
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.data.registry import UserRegistry
 from plrlhf.export import export
-from plrlhf.methods.base import Batch, PreferenceModule, preference_values
+from plrlhf.methods.base import Batch, PreferenceModule
+from plrlhf.objective import preference_values
 from plrlhf.methods.pdpo import PersonalizedPreferenceModule
 from plrlhf.specs import resolve_class
 

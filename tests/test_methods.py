@@ -7,7 +7,6 @@ from torch.testing import assert_close
 
 from plrlhf import DPO, PDPO, ClusterPDPO, IndividualPDPO, PreferenceDataModule
 from plrlhf.losses import IPO, Hinge, Robust, Sigmoid
-from plrlhf.methods.base import preference_values
 from plrlhf.user_models import UserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
@@ -97,15 +96,34 @@ def test_user_model_has_its_own_optimizer_settings():
 
 @pytest.mark.parametrize("loss", [Sigmoid(0.1), Robust(0.1), Hinge(), IPO()])
 def test_every_loss_works_personalized(tmp_path, loss):
+    """The objective is alpha * mean l(u) + (1 - alpha) * mean l(0), with l written out here from
+    each paper's formula on the method's own log-probs (not through plrlhf's loss code)."""
+    import torch.nn.functional as F
+
     _, batch = make_batch(tmp_path)
-    module = pdpo(loss=loss)
-    objective, values = module._values(batch)
+    module = pdpo(loss=loss, alpha=0.3)
+    randomize_user_model(module)
+    objective, _ = module._values(batch)
     assert torch.isfinite(objective)
     objective.backward()
-    expected = 0.5 * preference_values(module.score(batch)["user"], loss, module.beta)["loss"].mean()
-    assert objective.item() == pytest.approx(
-        expected.item() + 0.5 * values["generic"]["loss"].mean().item(), rel=1e-4
-    )
+    beta, scores = module.beta, module.score(batch)
+
+    def by_hand(s):
+        if isinstance(loss, IPO):  # per-token means
+            delta = (s.policy_chosen - s.ref_chosen) / s.n_chosen - (
+                s.policy_rejected - s.ref_rejected
+            ) / s.n_rejected
+            return ((delta - 1 / (2 * beta)) ** 2).mean()
+        h = beta * ((s.policy_chosen - s.ref_chosen) - (s.policy_rejected - s.ref_rejected))
+        if isinstance(loss, Hinge):
+            return torch.clamp(1 - h, min=0).mean()
+        eps = loss.label_smoothing
+        if isinstance(loss, Robust):
+            return ((-(1 - eps) * F.logsigmoid(h) + eps * F.logsigmoid(-h)) / (1 - 2 * eps)).mean()
+        return (-(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)).mean()
+
+    expected = 0.3 * by_hand(scores["user"]) + 0.7 * by_hand(scores["generic"])
+    assert objective.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_cluster_pdpo_runs_and_mixes(tmp_path):
@@ -192,3 +210,25 @@ def test_pdpo_with_lora_on_every_architecture(tmp_path, arch):
     assert any(
         p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.named_parameters() if "lora_B" in n
     )
+
+
+@pytest.mark.parametrize("loss_name", ["SimPO", "DPOP", "APOZero", "APODown", "NCA", "EXO"])
+def test_every_loss_trains_as_personalized_pdpo(tmp_path, loss_name):
+    """Each loss is a P-DPO objective too: both user conditions, one reference (none for SimPO)."""
+    import plrlhf.losses as losses
+
+    _, batch = make_batch(tmp_path, n=8)
+    loss = getattr(losses, loss_name)()
+    module = pdpo(loss=loss, beta=0.5)
+    module.policy.eval()
+    assert (module.policy.reference_free) is (not loss.needs_reference)
+    optimizer = torch.optim.AdamW([p for g in module.param_groups() for p in g["params"]], lr=1e-3)
+    objectives = []
+    for _ in range(6):
+        objective, values = module._values(batch)
+        assert set(values) == {"user", "generic"}
+        optimizer.zero_grad()
+        objective.backward()
+        optimizer.step()
+        objectives.append(objective.item())
+    assert objectives[-1] < objectives[0]

@@ -19,7 +19,8 @@ def test_individual_starts_every_user_as_the_generic_user():
     model.initialize(VOCAB)
     out = model(torch.tensor([0, 1, 3]))
     assert out.shape == (3, 4, 8)
-    assert_close(out[1], out[0]) and assert_close(out[2], out[0])
+    assert_close(out[1], out[0])
+    assert_close(out[2], out[0])
     # e_0 is made of real vocabulary rows
     assert all(any(torch.equal(row, v) for v in VOCAB) for row in model.generic_tokens)
 
@@ -75,7 +76,8 @@ def test_low_rank_users_cost_rank_floats_and_start_generic():
     model.initialize(VOCAB)
     out = model(torch.tensor([0, 1, 999]))
     assert out.shape == (3, 3, 8)
-    assert_close(out[1], out[0]) and assert_close(out[2], out[0])
+    assert_close(out[1], out[0])
+    assert_close(out[2], out[0])
     assert model.coefficients.weight.shape == (1001, 4)  # r floats per user
     with torch.no_grad():
         model.coefficients.weight[1] = torch.tensor([1.0, 0.0, 0.0, 2.0])
@@ -108,7 +110,8 @@ def test_new_users_start_as_the_generic_user_and_only_their_rows_learn(build):
     new = trained.for_new_users(2)
     ids = torch.tensor([0, 1, 2])
     out = new(ids)
-    assert_close(out[1], trained(torch.tensor([0]))[0]) and assert_close(out[2], out[1])
+    assert_close(out[1], trained(torch.tensor([0]))[0])
+    assert_close(out[2], out[1])
     trainable = [n for n, p in new.named_parameters() if p.requires_grad]
     assert trainable == [f"{name}.weight" for name in new.per_user_tables()]
     with torch.no_grad():

@@ -1,6 +1,8 @@
 """LightningModules: the preference methods, on one shared base."""
 
-from plrlhf.methods.base import PairScores, PreferenceModule, preference_values
+from plrlhf.losses import PairScores
+from plrlhf.methods.base import PreferenceModule
+from plrlhf.objective import preference_values
 from plrlhf.methods.dpo import DPO
 from plrlhf.methods.pdpo import PDPO, ClusterPDPO, IndividualPDPO, PersonalizedPreferenceModule
 from plrlhf.methods.sft import SFT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +14,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from plrlhf.generation import generate
-from plrlhf.losses import PreferenceLoss, Sigmoid
+from plrlhf.losses import PairScores, PreferenceLoss, as_loss
+from plrlhf.objective import preference_values
 from plrlhf.methods.metrics import SCALARS, PreferenceMetrics
 from plrlhf.methods.nonfinite import NonFiniteGuard
 from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
@@ -27,43 +27,6 @@ from plrlhf.tokenizer import load_tokenizer
 Batch = dict[str, Tensor]
 STAGES = ("train", "val", "test")
 INSTANTIATOR_KEY = "_instantiator"
-
-
-@dataclass
-class PairScores:
-    """Log-probs of one condition's chosen and rejected responses, per pair, with token counts."""
-
-    policy_chosen: Tensor
-    policy_rejected: Tensor
-    ref_chosen: Tensor
-    ref_rejected: Tensor
-    n_chosen: Tensor
-    n_rejected: Tensor
-
-
-def preference_values(scores: PairScores, loss: PreferenceLoss, beta: float) -> dict[str, Tensor]:
-    """Per-pair loss, implicit rewards, margins, accuracy and log-probs of one condition.
-
-    ``rewards = beta * (logp_theta - logp_ref)``; ``delta`` feeds the loss, from per-token means
-    when the loss is length-normalized (IPO).
-    """
-    chosen_ratio = scores.policy_chosen - scores.ref_chosen
-    rejected_ratio = scores.policy_rejected - scores.ref_rejected
-    if loss.length_normalized:
-        delta = chosen_ratio / scores.n_chosen.clamp(min=1) - rejected_ratio / scores.n_rejected.clamp(min=1)
-    else:
-        delta = chosen_ratio - rejected_ratio
-    rewards_chosen = beta * chosen_ratio.detach()
-    rewards_rejected = beta * rejected_ratio.detach()
-    return {
-        "loss": loss(delta, beta),
-        "rewards/chosen": rewards_chosen,
-        "rewards/rejected": rewards_rejected,
-        "rewards/margins": rewards_chosen - rewards_rejected,
-        "rewards/accuracy": (rewards_chosen > rewards_rejected).float(),
-        "logps/chosen": scores.policy_chosen.detach(),
-        "logps/rejected": scores.policy_rejected.detach(),
-    }
 
 
 def _record_as_plain_data(module: LightningModule) -> None:
@@ -101,7 +64,7 @@ class PreferenceModule(LightningModule):
         tokenizer: str,
         num_users: int = 0,
         lora: LoraConfig | None = None,
-        loss: PreferenceLoss | None = None,
+        loss: PreferenceLoss | list[PreferenceLoss] | None = None,
         beta: float = 0.1,
         nll_weight: float = 0.0,
         reference_free: bool = False,
@@ -123,7 +86,9 @@ class PreferenceModule(LightningModule):
             tokenizer: local tokenizer directory (linked from the data module by the CLI).
             num_users: users seen in training (linked from the data module by the CLI).
             lora: a ``peft.LoraConfig`` to train adapters only; default: full fine-tuning.
-            loss: the preference loss (``plrlhf.losses.Sigmoid`` = DPO by default).
+            loss: the preference loss (``plrlhf.losses.Sigmoid`` = DPO by default), or a list of
+                losses to add (``plrlhf.losses.WeightedSum`` weights them). A loss that needs no
+                reference (SimPO) runs none.
             beta: inverse temperature of the implicit reward.
             nll_weight: weight of an NLL term on the chosen response (0 = none).
             reference_free: use no reference model (reference log-probs are 0).
@@ -157,7 +122,8 @@ class PreferenceModule(LightningModule):
         self.num_users = num_users
         self.beta = beta
         self.nll_weight = nll_weight
-        self.loss_fn = loss if loss is not None else Sigmoid()
+        self.loss_fn = as_loss(loss)
+        reference_free = reference_free or not self.loss_fn.needs_reference
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         tok = load_tokenizer(tokenizer)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from plrlhf.methods.base import Batch, PairScores, PreferenceModule
+from plrlhf.losses import PairScores
+from plrlhf.methods.base import Batch, PreferenceModule
 
 
 class DPO(PreferenceModule):

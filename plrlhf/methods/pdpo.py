@@ -15,7 +15,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from plrlhf.methods.base import Batch, PairScores, PreferenceModule
+from plrlhf.losses import PairScores
+from plrlhf.methods.base import Batch, PreferenceModule
 from plrlhf.packing import USER_AFTER_PROMPT_PARENTS, USER_AFTER_PROMPT_SCORED, pack_user_after_prompt
 from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
 
