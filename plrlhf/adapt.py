@@ -37,8 +37,8 @@ from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.data.registry import UserRegistry
 from plrlhf.export import export
 from plrlhf.methods.base import Batch, PreferenceModule
-from plrlhf.objective import preference_values
 from plrlhf.methods.pdpo import PersonalizedPreferenceModule
+from plrlhf.objective import preference_values
 from plrlhf.specs import resolve_class
 
 NEW_USERS_FILE = "new_users.json"

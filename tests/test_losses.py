@@ -14,6 +14,7 @@ from plrlhf.losses import (
     APODown,
     APOZero,
     Hinge,
+    PairScores,
     Robust,
     Sigmoid,
     SimPO,
@@ -24,7 +25,6 @@ from plrlhf.losses import (
     robust_loss,
     sigmoid_loss,
 )
-from plrlhf.losses import PairScores
 from plrlhf.objective import preference_values
 
 DELTA = torch.tensor([2.0, -1.0, 0.0])

@@ -2,10 +2,10 @@
 
 from plrlhf.losses import PairScores
 from plrlhf.methods.base import PreferenceModule
-from plrlhf.objective import preference_values
 from plrlhf.methods.dpo import DPO
 from plrlhf.methods.pdpo import PDPO, ClusterPDPO, IndividualPDPO, PersonalizedPreferenceModule
 from plrlhf.methods.sft import SFT
+from plrlhf.objective import preference_values
 
 __all__ = [
     "DPO",

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 from plrlhf.generation import generate
 from plrlhf.losses import PairScores, PreferenceLoss, as_loss
-from plrlhf.objective import preference_values
 from plrlhf.methods.metrics import SCALARS, PreferenceMetrics
 from plrlhf.methods.nonfinite import NonFiniteGuard
 from plrlhf.methods.reference_cache import cache_key, compute_reference_table, load_or_compute
+from plrlhf.objective import preference_values
 from plrlhf.packing import SHARED_PROMPT_PARENTS, pack_shared_prompt
 from plrlhf.policy import ModelSource, Policy, build_causal_lm
 from plrlhf.specs import class_path, to_plain
