@@ -50,7 +50,7 @@ def synthetic_setup(out: Path, method: str) -> dict:
     """Data, the base model (without the new users) and the fully trained model."""
     data = out / "data"
     if not (data / "train.jsonl").is_file():
-        make_length_task(data, n_users=16, n_unseen_users=0, seed=7)
+        make_length_task(data, users=16, unseen_users=0, seed=7)
     train = read(data / "train.jsonl")
     groups = {r["user_id"]: r["group"] for r in train}
     minority = sorted(u for u, g in groups.items() if g == "minority")[:2]

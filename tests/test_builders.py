@@ -9,6 +9,7 @@ import pytest
 from plrlhf.builders.hh_relabeled import build_hh_relabeled
 from plrlhf.cli import main
 from plrlhf.data.sources import DataError
+from tests.conftest import ROOT
 
 
 def hh_row(i, objective, label, original_label=None, same=False):
@@ -82,7 +83,7 @@ def test_data_subcommand(hh_source, tmp_path, capsys):
     main(["data", "hh-relabeled", "--source", str(hh_source), "--out", str(tmp_path / "hh")])
     out = capsys.readouterr().out
     assert "dropped: 1 identical responses" in out and "train:" in out
-    main(["data", "length", "--out", str(tmp_path / "len"), "--users", "4", "--unseen-users", "1"])
+    main(["data", "length", "--out", str(tmp_path / "len"), "--users", "4", "--unseen_users", "1"])
     rows = read(tmp_path / "len/train.jsonl")
     assert {r["user_id"] for r in rows} == {"user_0", "user_1", "user_2", "user_3"}
     assert sum(r["group"] == "majority" for r in rows) == 3 * 250  # round(0.7 * 4) = 3 majority users
@@ -135,7 +136,7 @@ def test_tldr_length(tmp_path):
     from plrlhf.builders.tldr import build_tldr_length
 
     path = write_tldr_source(tmp_path)
-    report = build_tldr_length([path], tmp_path / "out", n_users=2, longer_share=1.0, seed=0)
+    report = build_tldr_length(path, tmp_path / "out", users=2, longer_share=1.0, seed=0)
     assert report["dropped"] == {
         "identical summaries": 1,
         "equal lengths": 1,
@@ -150,7 +151,7 @@ def test_tldr_length(tmp_path):
         "w_third",
         "w_top",
     ]  # unseen too
-    report = build_tldr_length([path], tmp_path / "short", n_users=2, longer_share=0.0)
+    report = build_tldr_length(path, tmp_path / "short", users=2, longer_share=0.0)
     assert all(len(r["chosen"]) < len(r["rejected"]) for r in read(tmp_path / "short/train.jsonl"))
 
 
@@ -299,3 +300,78 @@ def test_prism(tmp_path):
     )
     dm.setup("fit")
     assert dm.stats["train"].kept == len(splits["train"])
+
+
+SHARED_HH = ROOT.parent / "shared" / "data" / "hh_rlhf_relabeled"
+
+
+@pytest.fixture
+def hh_slice(tmp_path):
+    """The first 80 rows of each shipped relabeled HH-RLHF file (real text)."""
+    if not SHARED_HH.is_dir():
+        pytest.skip(f"the shipped data is not beside the checkout ({SHARED_HH})")
+    source = tmp_path / "hh"
+    source.mkdir()
+    for name in ("helpful.test.jsonl.gz", "harmless.test.jsonl.gz"):
+        with gzip.open(SHARED_HH / name, "rt") as handle:
+            rows = [json.loads(next(handle)) for _ in range(80)]
+        write_gz(source / name, rows)
+    return source
+
+
+def test_hh_length_users_drops_and_seeds_on_real_text(hh_slice, tmp_path):
+    from plrlhf.builders.hh_length import build_hh_length
+
+    # Counted here from the raw rows, independently of the builder.
+    raw = []
+    for name in ("helpful.test.jsonl.gz", "harmless.test.jsonl.gz"):
+        with gzip.open(hh_slice / name, "rt") as handle:
+            raw += [json.loads(line) for line in handle]
+    pairs = {(r["prompt"].rstrip(), frozenset(x.strip() for x in r["responses"])) for r in raw}
+    identical = sum(1 for r in raw if r["responses"][0].strip() == r["responses"][1].strip())
+    repeated = len(raw) - identical - len({p for p in pairs if len(p[1]) == 2})
+    lengths = [sorted(len(x) for x in p[1]) for p in pairs if len(p[1]) == 2]
+    too_close = sum(1 for short, long in lengths if long < 1.5 * max(1, short))
+
+    report = build_hh_length(hh_slice, tmp_path / "out", users=4, unseen_users=2, majority_share=0.5, seed=3)
+    assert report["dropped"].get("identical responses", 0) == identical
+    assert report["dropped"].get("repeated pair", 0) == repeated
+    assert report["dropped"]["lengths too close (ratio < 1.5)"] == too_close
+    kept = len(lengths) - too_close
+    assert sum(sum(report[s].values()) for s in ("train", "validation", "test")) == kept
+
+    splits = {s: read(tmp_path / "out" / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    longer = {}
+    for rows in splits.values():
+        for r in rows:  # each user is consistent: always the longer, or always the shorter
+            prefers_longer = len(r["chosen"]) > len(r["rejected"])
+            assert longer.setdefault(r["user_id"], prefers_longer) == prefers_longer
+            assert r["group"] == ("majority" if prefers_longer else "minority")
+    assert sorted(u for u in longer if u.startswith("user_")) == [f"user_{i}" for i in range(4)]
+    assert {u for r in splits["train"] + splits["validation"] for u in [r["user_id"]]} <= {
+        f"user_{i}" for i in range(4)
+    }
+    assert {r["user_id"] for r in splits["test"]} >= {"new_0", "new_1"}
+    assert sum(longer[f"user_{i}"] for i in range(4)) == 2 and longer["new_0"] != longer["new_1"]
+    prompts = [{r["prompt"] for r in rows} for rows in splits.values()]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+
+    build_hh_length(hh_slice, tmp_path / "again", users=4, unseen_users=2, majority_share=0.5, seed=3)
+    assert read(tmp_path / "again" / "train.jsonl") == splits["train"]  # seeded: the same files
+    build_hh_length(hh_slice, tmp_path / "other", users=4, unseen_users=2, majority_share=0.5, seed=4)
+    assert read(tmp_path / "other" / "train.jsonl") != splits["train"]
+    report = build_hh_length(hh_slice, tmp_path / "budget", users=4, max_train=8, seed=3)
+    assert report["train"] == {f"user_{i}": 2 for i in range(4)}
+
+
+def test_the_data_command_lists_every_builder_and_its_options(capsys):
+    from plrlhf.builders.cli import BUILDERS
+
+    with pytest.raises(SystemExit):
+        main(["data", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in BUILDERS)
+    with pytest.raises(SystemExit):
+        main(["data", "hh-length", "--help"])
+    out = capsys.readouterr().out
+    assert "--min_length_ratio" in out and "default: 1.5" in out and "usage: plrlhf data" in out

@@ -44,7 +44,7 @@ def fixture_data(experiment, directory):
 
     out = directory / "data"
     if experiment == "tldr-length":
-        build_tldr_length([fixtures.write_tldr_source(directory)], out, n_users=2)
+        build_tldr_length(fixtures.write_tldr_source(directory), out, users=2)
     elif experiment == "psoups":
         build_psoups(fixtures.write_psoups_source(directory), out)
     elif experiment == "prism":

@@ -7,17 +7,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from plrlhf.io import atomic_write_text
+
 
 def write_splits(
     out_dir: str | Path, splits: dict[str, list[dict[str, Any]]], dropped: Counter
 ) -> dict[str, Counter]:
     """Write ``<split>.jsonl`` for each split; return triples per user per split, plus the drops."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Counter] = {"dropped": dropped}
     for split, rows in splits.items():
-        with open(out / f"{split}.jsonl", "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+        atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         report[split] = Counter(str(row["user_id"]) for row in rows)
     return report

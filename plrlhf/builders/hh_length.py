@@ -42,7 +42,9 @@ def build_hh_length(
     seed: int = 123,
     files: tuple[str, ...] = FILES,
 ) -> dict[str, Counter]:
-    """Write ``train/validation/test.jsonl`` of the length task on HH-RLHF text to ``out``.
+    """The paper's length task on real text: HH-RLHF pairs, seeded longer/shorter users.
+
+    Writes ``train/validation/test.jsonl`` to ``out``; returns triples per user per split.
 
     Args:
         source: directory of the relabeled HH-RLHF ``.jsonl.gz`` files.

@@ -68,9 +68,10 @@ def build_hh_relabeled(
     seed: int = 123,
     files: tuple[str, ...] = FILES,
 ) -> dict[str, Counter]:
-    """Write ``train/validation/test.jsonl`` to ``out``; returns triples per user per split.
+    """Relabeled HH-RLHF: helpful and harmless annotators as two users.
 
-    Rows whose two responses are identical are dropped and counted (``report["dropped"]``).
+    Writes ``train/validation/test.jsonl`` to ``out``; returns triples per user per split. Rows
+    whose two responses are identical are dropped and counted (``report["dropped"]``).
 
     Args:
         source: directory of the relabeled HH-RLHF ``.jsonl.gz`` files.

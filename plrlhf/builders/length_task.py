@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from plrlhf.builders.common import write_splits
+
 NAMES = [
     "Ana",
     "Ben",
@@ -158,49 +160,54 @@ def _triple(rng: random.Random, user: str, prefers_longer: bool, group: str) -> 
 
 
 def make_length_task(
-    out_dir: str | Path,
-    n_users: int = 8,
-    n_unseen_users: int = 3,
+    out: str = "data/synthetic",
+    users: int = 8,
+    unseen_users: int = 3,
     majority_share: float = 0.7,
     train_per_user: int = 250,
     validation_per_user: int = 25,
     test_per_user: int = 40,
     seed: int = 123,
 ) -> dict[str, Counter]:
-    """Write ``train/validation/test.jsonl`` of the length-preference task to ``out_dir``.
+    """The synthetic length-preference task (the bundled data).
 
     Seen users are ``user_0 .. user_{n-1}``; ``round(majority_share * n)`` of them (chosen with the
     seed) prefer longer summaries. Unseen users ``new_0 ..`` appear only in the test split, with the
     same majority share. Returns the number of triples per user for each split.
+
+    Args:
+        out: output directory.
+        users: seen users.
+        unseen_users: users of the test split only.
+        majority_share: share of users who prefer the longer summary.
+        train_per_user: training triples per seen user.
+        validation_per_user: validation triples per seen user.
+        test_per_user: test triples per user.
+        seed: seed of everything.
     """
     rng = random.Random(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     def assign(prefix: str, n: int) -> dict[str, bool]:
-        users = [f"{prefix}_{i}" for i in range(n)]
-        majority = set(rng.sample(users, round(majority_share * n)))
-        return {u: u in majority for u in users}
+        names = [f"{prefix}_{i}" for i in range(n)]
+        majority = set(rng.sample(names, round(majority_share * n)))
+        return {u: u in majority for u in names}
 
-    seen, unseen = assign("user", n_users), assign("new", n_unseen_users)
+    seen, unseen = assign("user", users), assign("new", unseen_users)
     plan = {
         "train": (seen, train_per_user),
         "validation": (seen, validation_per_user),
         "test": ({**seen, **unseen}, test_per_user),
     }
-    report: dict[str, Counter] = {}
-    for split, (users, per_user) in plan.items():
+    splits = {}
+    for split, (pool, per_user) in plan.items():
         rows = [
             _triple(rng, user, longer, "majority" if longer else "minority")
-            for user, longer in users.items()
+            for user, longer in pool.items()
             for _ in range(per_user)
         ]
         rng.shuffle(rows)
-        with open(out / f"{split}.jsonl", "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
-        report[split] = Counter(row["user_id"] for row in rows)
-    return report
+        splits[split] = rows
+    return write_splits(out, splits, Counter())
 
 
 def write_new_user_preferences(

@@ -74,15 +74,27 @@ def conversation_triples(conversation: dict[str, Any], dropped: Counter) -> list
 
 
 def build_prism(
-    source: str | Path,
-    out_dir: str | Path,
+    source: str,
+    out: str = "data/prism",
     seen_share: float = 0.9,
     train_share: float = 0.9,
     validation_share: float = 0.1,
     seed: int = 123,
     with_user_text: bool = True,
 ) -> dict[str, Counter]:
-    """Write ``train/validation/test.jsonl`` from a PRISM directory; returns the counts."""
+    """PRISM: real users, their conversations and stated preferences.
+
+    Writes ``train/validation/test.jsonl`` from a PRISM directory; returns the counts.
+
+    Args:
+        source: directory with ``conversations.jsonl`` and ``survey.jsonl``.
+        out: output directory.
+        seen_share: share of users seen in training.
+        train_share: share of a seen user's dialogues for training.
+        validation_share: share of the training dialogues held out for validation.
+        seed: seed of the user and dialogue splits.
+        with_user_text: prepend the users' own survey text to their prompts.
+    """
     surveys = {r.record["user_id"]: r.record for r in read_records(Path(source) / "survey.jsonl")}
     dropped: Counter = Counter()
     by_user: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
@@ -121,4 +133,4 @@ def build_prism(
         "validation": [t for c in train_part[:n_val] for t in c],
         "test": [t for c in test_part for t in c] + [t for u in unseen for c in by_user[u] for t in c],
     }
-    return write_splits(out_dir, splits, dropped)
+    return write_splits(out, splits, dropped)

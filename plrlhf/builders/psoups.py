@@ -41,13 +41,23 @@ def strip_instruction(text: str, instruction: str) -> str | None:
 
 
 def build_psoups(
-    source: str | Path,
-    out_dir: str | Path,
+    source: str,
+    out: str = "data/psoups",
     fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
     seed: int = 123,
     profiles: dict[str, str] | None = None,
 ) -> dict[str, Counter]:
-    """Write ``train/validation/test.jsonl`` (users ``P1A`` .. ``P3B``); returns the counts."""
+    """P-SOUPS: six preference profiles as users.
+
+    Writes ``train/validation/test.jsonl`` (users ``P1A`` .. ``P3B``); returns the counts.
+
+    Args:
+        source: directory with ``P1A.json`` .. ``P3B.json``.
+        out: output directory.
+        fractions: train/validation/test shares of each profile's pairs.
+        seed: seed of the split.
+        profiles: profile name -> the instruction appended to its prompts (default: the six).
+    """
     profiles = profiles or PROFILES
     dropped: Counter = Counter()
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
@@ -85,4 +95,4 @@ def build_psoups(
         splits["train"] += rows[:n_train]
         splits["validation"] += rows[n_train : n_train + n_val]
         splits["test"] += rows[n_train + n_val :]
-    return write_splits(out_dir, splits, dropped)
+    return write_splits(out, splits, dropped)

@@ -37,15 +37,30 @@ def prompt_of(info: dict[str, Any]) -> str:
 
 
 def build_tldr_length(
-    files: list[str | Path],
-    out_dir: str | Path,
-    n_users: int = 10,
+    source: str,
+    out: str = "data/tldr_length",
+    users: int = 10,
     longer_share: float = 0.7,
     seed: int = 3456,
 ) -> dict[str, Counter]:
-    """Write ``train/validation/test.jsonl``; returns triples per user per split, and the drops."""
+    """TL;DR comparisons with synthetic length preferences (the paper's first experiment).
+
+    Writes ``train/validation/test.jsonl``; returns triples per user per split, and the drops.
+
+    Args:
+        source: a directory of summarize-from-feedback comparison files (every ``batch*.json``,
+            JSON lines despite the suffix, is read), or one such file.
+        out: output directory.
+        users: seen users (workers), split into longer- and shorter-preferring.
+        longer_share: share of users who prefer the longer summary.
+        seed: seed of the users' preferences and the split.
+    """
     dropped: Counter = Counter()
     kept = []
+    root = Path(source)
+    files = sorted(root.glob("batch*.json")) if root.is_dir() else [root]
+    if not files:
+        raise FileNotFoundError(f"no batch*.json comparison files in {root}")
     for path in files:
         for located in read_records(path):
             record, where = located.record, located.where
@@ -69,7 +84,7 @@ def build_tldr_length(
     others = sorted({r["worker"] for r in kept} - set(ranked))
     rng = random.Random(seed)
     prefers_longer = {w: rng.random() < longer_share for w in ranked + others}
-    seen = set(ranked[:n_users])
+    seen = set(ranked[:users])
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
     for record in kept:
         worker, split = record["worker"], SPLITS[record["split"]]
@@ -86,4 +101,4 @@ def build_tldr_length(
                 "rejected": rejected if rejected.startswith(" ") else " " + rejected,
             }
         )
-    return write_splits(out_dir, splits, dropped)
+    return write_splits(out, splits, dropped)
