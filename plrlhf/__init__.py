@@ -27,7 +27,21 @@ _EXPORTS = {
     "LowRankUserModel": "plrlhf.user_models",
     "UserModel": "plrlhf.user_models",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DPO",
+    "PDPO",
+    "SFT",
+    "ClusterPDPO",
+    "ClusterUserModel",
+    "DataError",
+    "IndividualPDPO",
+    "IndividualUserModel",
+    "LowRankUserModel",
+    "PreferenceDataModule",
+    "PreferenceModule",
+    "UserModel",
+    "UserRegistry",
+]
 
 if TYPE_CHECKING:
     from plrlhf.data import DataError, PreferenceDataModule, UserRegistry
