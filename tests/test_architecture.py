@@ -66,7 +66,8 @@ def test_the_package_imports_lazily_and_names_resolve():
         "assert 'lightning' not in sys.modules and 'transformers' not in sys.modules\n"
         "from plrlhf import IndividualPDPO, UserModel\n"
         "assert IndividualPDPO.__module__ == 'plrlhf.methods.pdpo'\n"
-        "print(sorted(plrlhf.__all__) == sorted(plrlhf._EXPORTS) and all(hasattr(plrlhf, n) for n in plrlhf.__all__))\n"
+        "names = sorted(plrlhf.__all__)\n"
+        "print(names == sorted(plrlhf._EXPORTS) and all(hasattr(plrlhf, n) for n in names))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
