@@ -36,8 +36,10 @@ from plrlhf.checkpoint_io import load_checkpoint as load_checkpoint_file
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.data.registry import UserRegistry
 from plrlhf.export import export
-from plrlhf.methods.base import Batch, PreferenceModule
-from plrlhf.methods.pdpo import PersonalizedPreferenceModule
+from plrlhf.methods.lm import Batch
+from plrlhf.methods.pdpo import PDPO
+from plrlhf.methods.preference import PreferenceModule
+from plrlhf.methods.reference import PrecomputedReference
 from plrlhf.objective import preference_values
 from plrlhf.specs import resolve_class
 
@@ -64,7 +66,7 @@ class Adaptation:
 
 
 def adapt_users(
-    method: PersonalizedPreferenceModule,
+    method: PDPO,
     registry: UserRegistry,
     train: str | list[str],
     test: str | list[str] | None = None,
@@ -103,7 +105,7 @@ def adapt_users(
             default: those of the training run when the method came from a checkpoint.
         export_model: export the adapted model to ``<output>/export``.
     """
-    if not isinstance(method, PersonalizedPreferenceModule):
+    if not isinstance(method, PDPO):
         raise TypeError(f"{type(method).__name__} has no user model: adaptation needs a P-DPO method")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ def adapt_users(
             "optimizer_factory",
             "lr_scheduler_factory",
             "user_model_lr",
-            "reference_cache_dir",
+            "precomputed",
         )
     }
     frozen = {name: p.requires_grad for name, p in method.policy.named_parameters()}
@@ -160,10 +162,9 @@ def adapt_users(
     method.alpha, method.num_users, method.user_model_lr = 1.0, len(new_users), None
     method.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
     method.lr_scheduler_factory = None
-    method.reference_table = None
-    # Triples of known users were left out after loading: a disk cache keyed by the files would
-    # not know that, so the (small) reference table is computed afresh.
-    method.reference_cache_dir = None
+    # A fresh table for the new users' triples (the cache is keyed by their token ids).
+    if method.precomputed is not None:
+        method.precomputed = PrecomputedReference(method.precomputed.cache_dir)
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
@@ -184,7 +185,6 @@ def adapt_users(
         adapted = method.user_model.cpu()
     finally:
         method.user_model = trained
-        method.reference_table = None
         for name, value in saved.items():
             setattr(method, name, value)
         for name, p in method.policy.named_parameters():
@@ -205,7 +205,7 @@ def adapt_users(
 
 @torch.no_grad()
 def closest_users(
-    method: PersonalizedPreferenceModule,
+    method: PDPO,
     batches: Iterable[Batch],
     num_new: int,
     candidates: int = 256,

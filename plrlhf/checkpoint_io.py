@@ -73,3 +73,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(
             path, map_location, weights_only=True if weights_only is None else weights_only
         )
+
+
+def check_checkpoint_fits(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Refuse, with names and shapes, a checkpoint of another model (Lightning would raise a long
+    state-dict error)."""
+    theirs = checkpoint["state_dict"]
+    ours = module.state_dict()
+    missing = sorted(ours.keys() - theirs.keys())
+    unexpected = sorted(theirs.keys() - ours.keys())
+    reshaped = [k for k in ours.keys() & theirs.keys() if tuple(ours[k].shape) != tuple(theirs[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return
+    saved = checkpoint.get("hyper_parameters", {})
+    details = [
+        f"{len(missing)} weights missing (e.g. {missing[:2]})" if missing else "",
+        f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
+        f"{len(reshaped)} of another shape (e.g. {reshaped[0]}: checkpoint "
+        f"{tuple(theirs[reshaped[0]].shape)}, this model {tuple(ours[reshaped[0]].shape)})"
+        if reshaped
+        else "",
+    ]
+    problems = "; ".join(d for d in details if d)
+    raise ValueError(
+        f"the checkpoint does not fit this model: {problems}. It was trained with "
+        f"model={saved.get('model')!r}, num_users={saved.get('num_users')!r}; this run builds "
+        f"model={module.hparams.get('model')!r}, num_users={module.num_users!r}"
+    )

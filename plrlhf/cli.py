@@ -17,7 +17,7 @@ from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport
 from plrlhf.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from plrlhf.data.datamodule import PreferenceDataModule
-from plrlhf.methods.base import PreferenceModule
+from plrlhf.methods.lm import LanguageModelModule
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -27,6 +27,12 @@ class SaveFitConfig(SaveConfigCallback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             super().setup(trainer, pl_module, stage)
+
+
+def _length_layout(model: Any) -> str:
+    """The row layout of the method's training rows, for length grouping (SFT has none)."""
+    init_args = getattr(model, "init_args", None)
+    return "shared_prompt" if init_args is not None and init_args.get("shared_prompt") else "pair"
 
 
 class PlrlhfCLI(LightningCLI):
@@ -45,11 +51,7 @@ class PlrlhfCLI(LightningCLI):
             apply_on="instantiate",
         )
         # Length grouping follows the method's row layout (a scalar, from the shared base class).
-        parser.link_arguments(
-            "model.init_args.shared_prompt",
-            "data.init_args.length_layout",
-            compute_fn=lambda shared: "shared_prompt" if shared else "pair",
-        )
+        parser.link_arguments("model", "data.init_args.length_layout", compute_fn=_length_layout)
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(SaveOnSigterm, "sigterm")
@@ -183,7 +185,7 @@ def main(args: list[str] | None = None) -> None:
         return convert_main(argv[1:])
     try:
         PlrlhfCLI(
-            PreferenceModule,
+            LanguageModelModule,
             PreferenceDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

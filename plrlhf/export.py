@@ -137,8 +137,9 @@ class PersonalizedLM:
     @torch.no_grad()
     def generate(self, prompts: list[str], users: list[Any], **settings: Any) -> list[str]:
         """A response to each prompt, written for its user (greedy by default)."""
-        self.tokenizer.padding_side = "left"
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(
+            self.device
+        )
         settings = {"max_new_tokens": 128, "do_sample": False, **settings}
         tokens = generate(
             self.model,

@@ -12,7 +12,7 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -20,9 +20,20 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from plrlhf.logprobs import sequence_logps, token_logps
-from plrlhf.packing import PAD_SEGMENT, tree_layout
+from plrlhf.packing import (
+    PAD_SEGMENT,
+    SHARED_PROMPT_PARENTS,
+    USER_AFTER_PROMPT_PARENTS,
+    USER_AFTER_PROMPT_SCORED,
+    pack_shared_prompt,
+    pack_user_after_prompt,
+    tree_layout,
+)
 
 ModelSource = str | dict[str, Any]
+RowLayout = Literal["pair", "shared_prompt", "after_prompt"]
+PairLogps = tuple[Tensor, Tensor, Tensor, Tensor]
+"""``(chosen, rejected, n_chosen, n_rejected)``: summed log-probs and token counts per pair."""
 
 
 def build_causal_lm(
@@ -110,7 +121,7 @@ class Policy(nn.Module):
         reference_free: bool = False,
     ) -> None:
         super().__init__()
-        self.reference_free = reference_free
+        self.reference_free = True
         self.reference: PreTrainedModel | None = None
         if lora is not None:
             lora = copy.deepcopy(lora)
@@ -118,8 +129,17 @@ class Policy(nn.Module):
             self.lm: PreTrainedModel | PeftModel = get_peft_model(model, lora)
         else:
             self.lm = model
-            if not reference_free:
-                self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if not reference_free:
+            self.use_reference()
+
+    def use_reference(self) -> None:
+        """Score under a reference from now on: the adapters disabled with LoRA, else a frozen copy
+        of the weights as they are now."""
+        if not self.reference_free:
+            return
+        self.reference_free = False
+        if not self.uses_lora:
+            self.reference = copy.deepcopy(self.lm).eval().requires_grad_(False)
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -142,6 +162,88 @@ class Policy(nn.Module):
         if self.reference is not None:
             self.reference.eval()  # dropout never applies to the reference
         return self
+
+    def pair_logps(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_mask: Tensor,
+        pad_token_id: int,
+        soft_tokens: list[Tensor] | None = None,
+        layout: RowLayout = "pair",
+    ) -> list[PairLogps]:
+        """Policy log-probs of every pair's chosen and rejected response, once per condition.
+
+        ``input_ids``/``attention_mask``/``response_mask`` are the ``2B`` right-padded rows
+        ``[prompt; response]`` of :class:`plrlhf.data.collate.PreferenceCollator` (chosen rows,
+        then rejected). With ``soft_tokens`` (one ``(B, P, d)`` tensor per condition, e.g. the user
+        and the generic user) all conditions run in one forward, the token rows embedded once.
+        ``layout``: ``pair`` (one row per response), ``shared_prompt`` (one row ``[prompt, chosen,
+        rejected]``) or ``after_prompt`` (two conditions whose tokens follow a shared prompt).
+        """
+        if layout == "after_prompt":
+            if not soft_tokens or len(soft_tokens) != 2:
+                raise ValueError("the after_prompt layout scores exactly two user conditions")
+            first, second = soft_tokens
+            ids, segments, column = pack_user_after_prompt(
+                input_ids, attention_mask, response_mask, first.shape[1], pad_token_id
+            )
+            sums, counts = self.tree_logps(
+                ids,
+                segments,
+                USER_AFTER_PROMPT_PARENTS,
+                USER_AFTER_PROMPT_SCORED,
+                soft_tokens=torch.cat([first, second], dim=1),
+                soft_column=column,
+            )
+            return [(sums[:, i], sums[:, i + 1], counts[:, i], counts[:, i + 1]) for i in (0, 2)]
+        conditions = len(soft_tokens) if soft_tokens else 1
+        if layout == "shared_prompt":
+            ids, segments = pack_shared_prompt(input_ids, attention_mask, response_mask, pad_token_id)
+            rows_per_condition = 1
+        else:
+            ids, segments = input_ids, None
+            rows_per_condition = 2  # chosen rows, then rejected rows, share the condition's tokens
+        embeds = self.embed(ids).repeat(conditions, 1, 1)
+        soft = None
+        if soft_tokens:
+            soft = torch.cat([t.repeat(rows_per_condition, 1, 1) for t in soft_tokens])
+        if segments is not None:
+            sums, counts = self.tree_logps(
+                ids.repeat(conditions, 1),
+                segments.repeat(conditions, 1),
+                SHARED_PROMPT_PARENTS,
+                (1, 2),
+                soft_tokens=soft,
+                embeds=embeds,
+            )
+            parts = zip(sums.chunk(conditions), counts.chunk(conditions))
+            return [(s[:, 0], s[:, 1], n[:, 0], n[:, 1]) for s, n in parts]
+        logps, counts = self.response_logps(
+            ids.repeat(conditions, 1),
+            attention_mask.repeat(conditions, 1),
+            response_mask.repeat(conditions, 1),
+            soft_tokens=soft,
+            embeds=embeds,
+        )
+        return [(*s.chunk(2), *n.chunk(2)) for s, n in zip(logps.chunk(conditions), counts.chunk(conditions))]
+
+    @torch.no_grad()
+    def reference_pair_logps(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_mask: Tensor,
+        pad_token_id: int,
+        shared_prompt: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Reference log-probs of every pair's chosen and rejected response (no user tokens)."""
+        if shared_prompt:
+            ids, segments = pack_shared_prompt(input_ids, attention_mask, response_mask, pad_token_id)
+            sums, _ = self.reference_tree_logps(ids, segments, SHARED_PROMPT_PARENTS, (1, 2))
+            return sums[:, 0], sums[:, 1]
+        sums, _ = self.reference_logps(input_ids, attention_mask, response_mask)
+        return sums.chunk(2)
 
     def response_logps(
         self,

@@ -110,3 +110,28 @@ def build(spec: Any, base: type, where: str, *args: Any) -> Any:
     if not isinstance(init_args, dict):
         raise ValueError(f"{where}: init_args must be a mapping, got {type(init_args).__name__}")
     return resolve_class(spec.get("class_path"), base, where)(*args, **init_args)
+
+
+INSTANTIATOR_KEY = "_instantiator"
+
+
+def record_as_plain_data(module: Any) -> None:
+    """Checkpoints hold the method's arguments as plain data, so they load with
+    ``weights_only=True``. The CLI records its config this way already; arguments given in Python
+    (a ``LoraConfig``, a ``functools.partial`` optimizer, a loss object) become class paths with
+    init arguments, and Lightning rebuilds them through the same type-checked instantiator."""
+    if INSTANTIATOR_KEY in module.hparams:
+        return
+    plain = {}
+    for name, value in module.hparams.items():
+        try:
+            plain[name] = to_plain(value)
+        except TypeError as error:
+            warnings.warn(
+                f"{name}: {error}; checkpoints of this module will not load with weights_only=True",
+                stacklevel=3,
+            )
+            return
+    module.hparams.update(plain)
+    module.hparams["_class_path"] = class_path(type(module))
+    module.hparams[INSTANTIATOR_KEY] = "lightning.pytorch.cli.instantiate_module"

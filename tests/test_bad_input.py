@@ -3,6 +3,7 @@ silently merged, dropped or trained on (docs/bad-input.md lists each case)."""
 
 import gzip
 import json
+from functools import partial
 
 import pytest
 
@@ -10,6 +11,7 @@ from plrlhf import DPO, ClusterPDPO, PreferenceDataModule
 from plrlhf.cli import main
 from plrlhf.data.registry import GENERIC_NAME, UserRegistry
 from plrlhf.data.sources import DataError, read_records
+from plrlhf.user_models import ClusterUserModel
 from tests.conftest import ROOT, TINY_MODELS, TOKENIZER, triple, write_jsonl
 
 
@@ -88,7 +90,12 @@ def test_a_beta_that_trains_nothing_or_the_reverse_is_refused(beta):
 
 def test_zero_clusters_is_refused():
     with pytest.raises(ValueError, match="n_clusters must be an integer >= 1"):
-        ClusterPDPO(model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=3, n_clusters=0)
+        ClusterPDPO(
+            model=TINY_MODELS["llama"],
+            tokenizer=TOKENIZER,
+            num_users=3,
+            user_model=partial(ClusterUserModel, n_clusters=0),
+        )
 
 
 def test_ids_spelled_as_number_and_string_are_reported_with_counts(tmp_path):

@@ -1,6 +1,7 @@
 """Each callback in a plain Lightning Trainer, with a module written here (not a plrlhf method)."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -109,7 +110,10 @@ def test_export_callback_with_a_plrlhf_method(tmp_path, datamodule):
     from plrlhf.export import load
 
     module = IndividualPDPO(
-        model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=datamodule.num_users, n_user_tokens=2
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=datamodule.num_users,
+        user_model=partial(IndividualUserModel, n_tokens=2),
     )
     callback = Export()
     fit(tmp_path, datamodule, module, callback)

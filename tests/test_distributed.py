@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from peft import LoraConfig
 
 from plrlhf import IndividualPDPO, PreferenceDataModule
 from plrlhf.cli import main
+from plrlhf.user_models import IndividualUserModel
 from tests.conftest import ROOT, TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
 
 STEPS = 4
@@ -51,7 +53,11 @@ def run(tmp_path, devices: int, variant: str = "full"):
     if "lora" in settings:
         settings["lora"] = LoraConfig(**settings["lora"])
     module = IndividualPDPO(
-        model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=dm.num_users, n_user_tokens=2, **settings
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=dm.num_users,
+        user_model=partial(IndividualUserModel, n_tokens=2),
+        **settings,
     )
     trainer = Trainer(
         accelerator="cpu",
@@ -116,7 +122,11 @@ def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(variant, sing
         },
         "model": {
             "class_path": "plrlhf.IndividualPDPO",
-            "init_args": {"model": TINY_MODELS["llama"], "n_user_tokens": 2, **settings},
+            "init_args": {
+                "model": TINY_MODELS["llama"],
+                "user_model": {"class_path": "plrlhf.IndividualUserModel", "init_args": {"n_tokens": 2}},
+                **settings,
+            },
         },
         "data": {
             "class_path": "plrlhf.PreferenceDataModule",

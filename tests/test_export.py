@@ -1,5 +1,7 @@
 """Export and load without Lightning: same log-probs and generations before and after."""
 
+from functools import partial
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -26,7 +28,7 @@ def trained_module(tmp_path, lora):
         model=TINY_MODELS["llama"],
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
-        n_user_tokens=3,
+        user_model=partial(IndividualUserModel, n_tokens=3),
         lora=LoraConfig(r=4, target_modules="all-linear") if lora else None,
     ).eval()
     randomize_user_model(module)

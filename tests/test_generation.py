@@ -1,12 +1,14 @@
 """Personalized generation: cached equals uncached, the user's tokens are what the model sees."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
 
 from plrlhf import DPO, IndividualPDPO, PreferenceDataModule
 from plrlhf.cli import main
+from plrlhf.user_models import IndividualUserModel
 from tests.conftest import ROOT, TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
 from tests.test_methods import randomize_user_model
 
@@ -33,7 +35,7 @@ def test_cached_generation_equals_uncached(tmp_path, arch, user_tokens):
         model=TINY_MODELS[arch],
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
-        n_user_tokens=3,
+        user_model=partial(IndividualUserModel, n_tokens=3),
         user_tokens=user_tokens,
     ).eval()
     randomize_user_model(module)
@@ -47,7 +49,10 @@ def test_cached_generation_equals_uncached(tmp_path, arch, user_tokens):
 def test_the_model_sees_the_users_soft_tokens(tmp_path, monkeypatch):
     dm, batch = prompt_batch(tmp_path)
     module = IndividualPDPO(
-        model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=dm.num_users, n_user_tokens=3
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=dm.num_users,
+        user_model=partial(IndividualUserModel, n_tokens=3),
     ).eval()
     randomize_user_model(module)
     seen = {}

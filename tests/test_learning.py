@@ -1,12 +1,14 @@
 """Learning tests: with conflicting users, P-DPO learns what vanilla DPO cannot."""
 
 import functools
+from functools import partial
 
 import pytest
 import torch
 from lightning.pytorch import seed_everything
 
 from plrlhf import DPO, ClusterPDPO, IndividualPDPO, PreferenceDataModule
+from plrlhf.user_models import ClusterUserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 MAJORITY, MINORITY = ("user_0", "user_2", "user_3"), ("user_1",)
@@ -56,7 +58,13 @@ def test_pdpo_serves_the_minority_and_dpo_does_not(tmp_path):
 def test_cluster_pdpo_serves_the_minority(tmp_path):
     # Mixture weights separate the minority later than offsets do: at 2 epochs and lr 0.01 it did
     # for 2 of 3 data orders (measured); 3 epochs at 0.03 for all 5 tried.
-    cluster = train_and_test(ClusterPDPO, tmp_path, epochs=3, n_clusters=5, user_model_lr=0.03)
+    cluster = train_and_test(
+        ClusterPDPO,
+        tmp_path,
+        epochs=3,
+        user_model=partial(ClusterUserModel, n_clusters=5),
+        user_model_lr=0.03,
+    )
     assert accuracy(cluster, "majority") > 0.9 and accuracy(cluster, "minority") > 0.9
 
 

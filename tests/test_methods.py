@@ -1,5 +1,7 @@
 """The methods on tiny real models: equivalences, limits, gradients, learning, checkpoints."""
 
+from functools import partial
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -7,7 +9,7 @@ from torch.testing import assert_close
 
 from plrlhf import DPO, PDPO, ClusterPDPO, IndividualPDPO, PreferenceDataModule
 from plrlhf.losses import IPO, Hinge, Robust, Sigmoid
-from plrlhf.user_models import UserModel
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 
@@ -20,7 +22,12 @@ def make_batch(tmp_path, n=6, users=("user_0", "user_1", "user_4")):
 
 def pdpo(num_users=3, **kwargs):
     kwargs.setdefault("model", TINY_MODELS["llama"])
-    return IndividualPDPO(tokenizer=TOKENIZER, num_users=num_users, n_user_tokens=3, **kwargs)
+    return IndividualPDPO(
+        tokenizer=TOKENIZER,
+        num_users=num_users,
+        user_model=partial(IndividualUserModel, n_tokens=3),
+        **kwargs,
+    )
 
 
 def randomize_user_model(module):
@@ -54,7 +61,7 @@ def test_alpha_weights_the_personalized_and_generic_terms(tmp_path, alpha):
     _, batch = make_batch(tmp_path)
     module = pdpo(alpha=alpha).eval()
     randomize_user_model(module)
-    objective, values = module._values(batch)
+    objective, values = module.objective(batch)
     expected = {"user": values["user"]["loss"].mean(), "generic": values["generic"]["loss"].mean()}
     assert_close(objective, alpha * expected["user"] + (1 - alpha) * expected["generic"])
     assert not torch.allclose(expected["user"], expected["generic"])
@@ -74,7 +81,7 @@ def test_gradients_reach_the_user_model_and_only_trainable_weights(tmp_path, lor
     _, batch = make_batch(tmp_path)
     config = LoraConfig(r=4, target_modules="all-linear") if lora else None
     module = pdpo(lora=config)
-    objective, _ = module._values(batch)
+    objective, _ = module.objective(batch)
     objective.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.user_model.parameters())
     with_grad = {n for n, p in module.named_parameters() if p.grad is not None}
@@ -103,7 +110,7 @@ def test_every_loss_works_personalized(tmp_path, loss):
     _, batch = make_batch(tmp_path)
     module = pdpo(loss=loss, alpha=0.3)
     randomize_user_model(module)
-    objective, _ = module._values(batch)
+    objective, _ = module.objective(batch)
     assert torch.isfinite(objective)
     objective.backward()
     beta, scores = module.beta, module.score(batch)
@@ -129,9 +136,12 @@ def test_every_loss_works_personalized(tmp_path, loss):
 def test_cluster_pdpo_runs_and_mixes(tmp_path):
     _, batch = make_batch(tmp_path)
     module = ClusterPDPO(
-        model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=3, n_clusters=4, n_user_tokens=2
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=3,
+        user_model=partial(ClusterUserModel, n_clusters=4, n_tokens=2),
     )
-    objective, _ = module._values(batch)
+    objective, _ = module.objective(batch)
     objective.backward()
     assert module.user_model.user_logits.weight.grad.abs().sum() > 0
     assert_close(module.user_model.weights(torch.arange(4)).sum(-1), torch.ones(4))
@@ -158,7 +168,7 @@ def test_pdpo_takes_any_user_model(tmp_path):
         user_model=lambda n, d: MeanUserModel(n, d, n_tokens=4),
     )
     assert isinstance(module.user_model, MeanUserModel) and module.user_model.table.num_embeddings == 4
-    module._values(batch)[0].backward()
+    module.objective(batch)[0].backward()
     assert module.user_model.table.weight.grad.abs().sum() > 0
 
 
@@ -170,7 +180,7 @@ def test_dpo_training_steps_raise_the_margin(tmp_path, arch):
     optimizer = torch.optim.AdamW(module.param_groups()[0]["params"], lr=1e-2)
     losses = []
     for _ in range(8):
-        objective, values = module._values(batch)
+        objective, values = module.objective(batch)
         optimizer.zero_grad()
         objective.backward()
         optimizer.step()
@@ -205,7 +215,7 @@ def test_pdpo_with_lora_on_every_architecture(tmp_path, arch):
     scores = module.score(batch)
     # the adapters start at zero, so the generic user differs from the reference only by its tokens
     assert not torch.allclose(scores["generic"].policy_chosen, scores["generic"].ref_chosen)
-    objective, _ = module._values(batch)
+    objective, _ = module.objective(batch)
     objective.backward()
     assert any(
         p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.named_parameters() if "lora_B" in n
@@ -225,7 +235,7 @@ def test_every_loss_trains_as_personalized_pdpo(tmp_path, loss_name):
     optimizer = torch.optim.AdamW([p for g in module.param_groups() for p in g["params"]], lr=1e-3)
     objectives = []
     for _ in range(6):
-        objective, values = module._values(batch)
+        objective, values = module.objective(batch)
         assert set(values) == {"user", "generic"}
         optimizer.zero_grad()
         objective.backward()

@@ -1,5 +1,7 @@
 """Shared-prompt (tree) layouts: structure by hand, and equality with one row per response."""
 
+from functools import partial
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -16,6 +18,7 @@ from plrlhf.packing import (
     tree_layout,
 )
 from plrlhf.policy import Policy, build_causal_lm
+from plrlhf.user_models import IndividualUserModel
 from tests.conftest import TINY_MODELS, TOKENIZER
 from tests.test_methods import make_batch, randomize_user_model
 
@@ -107,7 +110,7 @@ def test_methods_give_the_same_values_with_a_shared_prompt(tmp_path, method):
         for field in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected"):
             assert_close(getattr(got, field), getattr(expected, field), atol=1e-4, rtol=1e-5)
         assert torch.equal(got.n_chosen, expected.n_chosen)
-    objective, _ = shared._values(batch)
+    objective, _ = shared.objective(batch)
     objective.backward()
 
 
@@ -166,10 +169,10 @@ def test_pdpo_after_prompt_trains(tmp_path):
         model=TINY_MODELS["llama"],
         tokenizer=TOKENIZER,
         num_users=3,
-        n_user_tokens=2,
+        user_model=partial(IndividualUserModel, n_tokens=2),
         user_tokens="after_prompt",
     )
-    objective, values = module._values(batch)
+    objective, values = module.objective(batch)
     objective.backward()
     assert module.user_model.offsets.weight.grad.abs().sum() > 0
     # at initialisation every user is the generic user: both conditions agree

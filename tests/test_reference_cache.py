@@ -82,7 +82,7 @@ def reference_table(tmp_path, **kwargs):
     dm, module = setup(tmp_path, **kwargs)
     trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(module, datamodule=dm)
-    return module.reference_table.clone()
+    return module.precomputed.table.clone()
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_a_planted_or_damaged_cache_entry_is_recomputed_and_reported(tmp_path, p
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from plrlhf.methods.reference_cache import write_table
+    from plrlhf.methods.reference import write_table
 
     (tmp_path / "first").mkdir()
     good = reference_table(tmp_path / "first")
@@ -123,7 +123,7 @@ def test_a_planted_or_damaged_cache_entry_is_recomputed_and_reported(tmp_path, p
     with pytest.warns(UserWarning, match=warning):
         again = reference_table(tmp_path)
     assert_close(again, good)
-    from plrlhf.methods.reference_cache import read_table
+    from plrlhf.methods.reference import read_table
 
     assert read_table(target, key, len(good))[0] is not None  # rewritten intact
 
@@ -133,12 +133,12 @@ def test_concurrent_writers_of_one_entry_never_collide(tmp_path):
     import subprocess
     import sys
 
-    from plrlhf.methods.reference_cache import read_table
+    from plrlhf.methods.reference import read_table
 
     code = (
         "import sys, torch\n"
         "from pathlib import Path\n"
-        "from plrlhf.methods.reference_cache import write_table\n"
+        "from plrlhf.methods.reference import write_table\n"
         "for i in range(200):\n"
         "    write_table(Path(sys.argv[1]), 'k', torch.arange(2000.).reshape(1000, 2))\n"
     )

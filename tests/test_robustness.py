@@ -2,12 +2,14 @@
 
 import csv
 import math
+from functools import partial
 
 import pytest
 import torch
 from lightning.pytorch import Callback, seed_everything
 
 from plrlhf import IndividualPDPO, PreferenceDataModule
+from plrlhf.user_models import IndividualUserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 
@@ -17,7 +19,11 @@ def setup(tmp_path, **kwargs):
     path = str(write_jsonl(tmp_path / "t.jsonl", rows))
     dm = PreferenceDataModule(TOKENIZER, train=path, test=path, batch_size=8)
     module = IndividualPDPO(
-        model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=dm.num_users, n_user_tokens=2, **kwargs
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=dm.num_users,
+        user_model=partial(IndividualUserModel, n_tokens=2),
+        **kwargs,
     )
     return dm, module
 
@@ -122,7 +128,7 @@ def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
         model={**TINY_MODELS["llama"], "hidden_size": 64},
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
-        n_user_tokens=2,
+        user_model=partial(IndividualUserModel, n_tokens=2),
     )
     with pytest.raises(
         ValueError,

@@ -4,6 +4,7 @@ models, and class paths in files import nothing new."""
 import functools
 import json
 import pickle
+from functools import partial
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from plrlhf import IndividualPDPO, PreferenceDataModule
 from plrlhf.adapt import adapt
 from plrlhf.export import export, load
 from plrlhf.losses import Robust
+from plrlhf.user_models import IndividualUserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 
@@ -36,7 +38,7 @@ def trained(tmp_path_factory):
         model=TINY_MODELS["llama"],
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
-        n_user_tokens=2,
+        user_model=partial(IndividualUserModel, n_tokens=2),
         lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
         loss=Robust(0.2),
         optimizer=functools.partial(torch.optim.AdamW, lr=0.01),

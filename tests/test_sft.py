@@ -1,40 +1,92 @@
-"""SFT: the NLL of the chosen responses falls; the user-conditioned variant uses the user's tokens."""
+"""SFT through its own training step, evaluation and prediction (the Trainer runs it, nothing is
+re-implemented here): the NLL of the chosen responses falls, the user-conditioned variant trains
+the user's tokens, and ``predict`` on triples gives each response's log-prob."""
 
+import json
+import math
+from functools import partial
+
+import pytest
 import torch
 
-from plrlhf import SFT
-from tests.conftest import TINY_MODELS, TOKENIZER
-from tests.test_methods import make_batch
+from plrlhf import SFT, PreferenceDataModule
+from plrlhf.callbacks import PredictionWriter
+from plrlhf.user_models import IndividualUserModel
+from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 
-def steps(module, batch, n=6):
-    optimizer = torch.optim.AdamW([p for g in module.param_groups() for p in g["params"]], lr=1e-2)
-    losses = []
-    for _ in range(n):
-        chosen, counts = module._chosen(batch)
-        loss = -chosen.sum() / counts.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+@pytest.fixture
+def data(tmp_path):
+    rows = [r for r in synthetic_rows("train") if r["user_id"] in ("user_0", "user_1", "user_4")][:32]
+    path = str(write_jsonl(tmp_path / "t.jsonl", rows))
+    return PreferenceDataModule(TOKENIZER, train=path, validation=path, test=path, predict=path, batch_size=8)
 
 
-def test_sft_lowers_the_nll_of_chosen_responses(tmp_path):
-    _, batch = make_batch(tmp_path)
-    module = SFT(model=TINY_MODELS["llama"], tokenizer=TOKENIZER)
-    assert module.policy.reference is None and module.user_model is None
-    losses = steps(module, batch)
-    assert losses[-1] < losses[0] - 0.5
+def sft(dm, **kwargs):
+    optimizer = partial(torch.optim.AdamW, lr=1e-2)
+    return SFT(
+        model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=dm.num_users, optimizer=optimizer, **kwargs
+    )
 
 
-def test_user_conditioned_sft(tmp_path):
-    _, batch = make_batch(tmp_path)
-    module = SFT(model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=3, n_user_tokens=2)
+def nll_by_hand(module, dm):
+    """Token-averaged NLL of the chosen responses, from the model's logits directly."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            n = batch["user_ids"].shape[0]
+            ids, mask, resp = (batch[k][:n] for k in ("input_ids", "attention_mask", "response_mask"))
+            logits = module.policy.hf_model(input_ids=ids, attention_mask=mask).logits.float()
+            logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            total -= float((logps * resp[:, 1:]).sum())
+            count += int(resp[:, 1:].sum())
+    return total / count
+
+
+def test_sft_trains_and_evaluates_through_its_own_steps(data, tmp_path):
+    module = sft(data)
+    assert module.policy.reference is None and module.policy.reference_free and module.user_model is None
+    trainer = quiet_trainer(tmp_path, inference_mode=False)  # the same metrics then train and test
+    data.setup("test")
+    (before,) = trainer.test(module, datamodule=data, verbose=False)
+    assert before["test/loss"] == pytest.approx(nll_by_hand(module, data), rel=1e-4)
+    quiet_trainer(tmp_path, max_epochs=3).fit(module, datamodule=data)
+    (after,) = trainer.test(module, datamodule=data, verbose=False)
+    assert after["test/loss"] == pytest.approx(nll_by_hand(module, data), rel=1e-4)
+    assert after["test/loss"] < before["test/loss"] - 0.5
+    assert after["test/logps/chosen"] > before["test/logps/chosen"]
+
+
+def test_user_conditioned_sft_trains_the_users_tokens(data, tmp_path):
+    module = sft(data, user_model=partial(IndividualUserModel, n_tokens=2))
     assert [g["name"] for g in module.param_groups()] == ["policy", "user_model"]
-    steps(module, batch, n=2)
-    assert module.user_model.offsets.weight.abs().sum() > 0  # the users' offsets were trained
+    quiet_trainer(tmp_path, max_steps=2).fit(module, datamodule=data)
+    assert module.user_model.offsets.weight[1:].abs().sum() > 0  # the users' offsets were trained
+    batch = next(iter(data.train_dataloader()))
     tokens = module.generate(
         batch["input_ids"][:2], batch["attention_mask"][:2], batch["user_ids"][:2], max_new_tokens=3
     )
     assert tokens.shape == (2, 3)
+
+
+def test_sft_predict_on_triples_gives_both_log_probs(data, tmp_path):
+    module = sft(data, user_model=partial(IndividualUserModel, n_tokens=2))
+    writer = PredictionWriter()
+    quiet_trainer(tmp_path, callbacks=[writer]).predict(module, datamodule=data)
+    rows = [json.loads(line) for line in writer.path.read_text().splitlines()]
+    assert len(rows) == 32 and rows[0]["user_id"] in ("user_0", "user_1", "user_4")
+    batch = next(iter(data.predict_dataloader()))
+    with torch.no_grad():
+        expected = module.policy.pair_logps(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response_mask"],
+            module.pad_token_id,
+            soft_tokens=[module.user_model(batch["user_ids"])],
+        )[0]
+    for i in range(8):
+        assert rows[i]["logps/chosen"] == pytest.approx(float(expected[0][i]), rel=1e-4)
+        assert rows[i]["logps/rejected"] == pytest.approx(float(expected[1][i]), rel=1e-4)
+        assert (
+            math.isfinite(rows[i]["logps/rejected"]) and rows[i]["logps/chosen"] != rows[i]["logps/rejected"]
+        )

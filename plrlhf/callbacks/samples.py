@@ -56,12 +56,12 @@ class GenerationSamples(Callback):
     def _sample(self, trainer: Trainer, pl_module: LightningModule) -> None:
         registry = getattr(trainer.datamodule, "registry", None)
         users = self.users if self.users is not None else ["<generic>", *(registry.users if registry else [])]
-        tokenizer = load_tokenizer(pl_module.tokenizer_path)
-        tokenizer.padding_side = "left"
+        tokenizer = load_tokenizer(pl_module.tokenizer_path)  # shared: never changed in place
         self.rows = []
         for user in users:
             index = registry.index(user) if registry is not None and user != "<generic>" else 0
-            encoded = tokenizer(self.prompts, return_tensors="pt", padding=True).to(pl_module.device)
+            encoded = tokenizer(self.prompts, return_tensors="pt", padding=True, padding_side="left")
+            encoded = encoded.to(pl_module.device)
             user_ids = torch.full((len(self.prompts),), index, dtype=torch.long, device=pl_module.device)
             tokens = pl_module.generate(
                 encoded["input_ids"],

@@ -1,9 +1,15 @@
-"""LightningModules: the preference methods, on one shared base."""
+"""LightningModules: the methods, on one language-model base.
+
+``lm.LanguageModelModule`` (the LM, user model, optimizer, training step, generation) <-
+``preference.PreferenceModule`` (pairs, a reference, a loss, per-user metrics) <- ``DPO``, ``PDPO``
+(``IndividualPDPO``, ``ClusterPDPO``); ``SFT`` sits on the language-model base directly.
+"""
 
 from plrlhf.losses import PairScores
-from plrlhf.methods.base import PreferenceModule
 from plrlhf.methods.dpo import DPO
-from plrlhf.methods.pdpo import PDPO, ClusterPDPO, IndividualPDPO, PersonalizedPreferenceModule
+from plrlhf.methods.lm import LanguageModelModule
+from plrlhf.methods.pdpo import PDPO, ClusterPDPO, IndividualPDPO
+from plrlhf.methods.preference import PreferenceModule
 from plrlhf.methods.sft import SFT
 from plrlhf.objective import preference_values
 
@@ -13,7 +19,7 @@ __all__ = [
     "SFT",
     "ClusterPDPO",
     "IndividualPDPO",
-    "PersonalizedPreferenceModule",
+    "LanguageModelModule",
     "PairScores",
     "PreferenceModule",
     "preference_values",

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from plrlhf.losses import PairScores
-from plrlhf.methods.base import Batch, PreferenceModule
+from plrlhf.methods.lm import Batch
+from plrlhf.methods.preference import PreferenceModule
 
 
 class DPO(PreferenceModule):
-    """Direct preference optimization, and its variants through ``loss`` (IPO, hinge, cDPO, ...).
+    """Direct preference optimization, and its variants through ``loss`` (IPO, SimPO, NCA, ...).
 
-    Chosen and rejected responses run in one forward of ``2B`` rows; user ids are ignored, but
-    metrics are still reported per user and group, which shows whom a single policy serves.
+    Chosen and rejected responses run in one forward; user ids are ignored, but metrics are still
+    reported per user and group, which shows whom a single policy serves.
     """
 
     def score(self, batch: Batch) -> dict[str, PairScores]:
-        ((chosen, rejected, n_chosen, n_rejected),) = self.policy_logps(batch)
+        ((chosen, rejected, n_chosen, n_rejected),) = self.policy.pair_logps(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response_mask"],
+            self.pad_token_id,
+            layout=self.row_layout,
+        )
         ref_chosen, ref_rejected = self.reference_logps(batch)
         return {"policy": PairScores(chosen, rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)}

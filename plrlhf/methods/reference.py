@@ -8,14 +8,17 @@ epoch, and every later run on the same data and model).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from plrlhf.io import atomic_write_bytes
@@ -116,3 +119,63 @@ def load_or_compute(
     if is_writer:
         write_table(path, key, table)
     return table, f"computed, saved to {path}"
+
+
+def dataset_fingerprint(dataset: Sequence[Any]) -> str:
+    """A digest of the token ids of every example, in order: the data, the tokenizer and every
+    length setting as the reference sees them (a dataset may provide its own ``fingerprint``)."""
+    own = getattr(dataset, "fingerprint", None)
+    if isinstance(own, str):
+        return own
+    digest = hashlib.sha256(str(len(dataset)).encode())
+    for example in dataset:
+        for name in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            ids = getattr(example, name)
+            digest.update(len(ids).to_bytes(4, "little"))
+            digest.update(array("q", ids).tobytes())
+    return digest.hexdigest()
+
+
+class PrecomputedReference:
+    """Reference log-probs of the training triples, computed once before training (or read from
+    the on-disk cache) and looked up by example index in every training step.
+
+    The method owns one and calls :meth:`prepare` when training starts: it reads the training
+    loader Lightning built (its dataset and collate function), not the data module.
+    """
+
+    def __init__(self, cache_dir: str | None) -> None:
+        self.cache_dir = cache_dir
+        self.table: Tensor | None = None
+
+    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        assert self.table is not None
+        values = self.table[index]
+        return values[:, 0], values[:, 1]
+
+    def prepare(self, method: Any, trainer: Any) -> None:
+        if self.table is not None:
+            return
+        train = trainer.train_dataloader
+        # Every triple once, in order, whatever sampler the training loader has (processes split
+        # the batches between them below).
+        loader = DataLoader(train.dataset, batch_size=train.batch_size, collate_fn=train.collate_fn)
+        path, key = None, ""
+        if self.cache_dir is not None:
+            key = cache_key(dataset_fingerprint(train.dataset), method.policy.reference_fingerprint())
+            path = Path(self.cache_dir) / f"{key[:32]}.safetensors"
+
+        def compute() -> Tensor:
+            return compute_reference_table(
+                loader,
+                len(loader.dataset),
+                lambda batch: method(batch, output="reference"),
+                method.device,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
+            )
+
+        table, source = load_or_compute(path, key, len(loader.dataset), compute, trainer.is_global_zero)
+        rank_zero_info(f"reference log-probs of {len(table)} training triples {source}")
+        self.table = table.to(method.device)
