@@ -15,6 +15,7 @@ import functools
 import importlib
 import inspect
 import sys
+import warnings
 from typing import Any
 
 PLAIN = (str, int, float, bool, type(None))
