@@ -15,9 +15,7 @@ command line: ``plrlhf adapt --checkpoint ... --train new_users.jsonl [--test ..
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
-import json
 import os
 import random
 from collections.abc import Iterable
@@ -27,21 +25,23 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from plrlhf.checkpoint_io import load_checkpoint as load_checkpoint_file
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.data.registry import UserRegistry
 from plrlhf.export import export
+from plrlhf.io import atomic_write_json
 from plrlhf.methods.lm import Batch
 from plrlhf.methods.pdpo import PDPO
 from plrlhf.methods.preference import PreferenceModule
 from plrlhf.methods.reference import PrecomputedReference
-from plrlhf.objective import preference_values
 from plrlhf.specs import resolve_class
+from plrlhf.user_models import UserModel
 
 NEW_USERS_FILE = "new_users.json"
 
@@ -65,6 +65,74 @@ class Adaptation:
     export_dir: Path | None = None
 
 
+class NewUsers(LightningModule):
+    """Trains the rows of users who arrive after training, with a trained P-DPO method frozen.
+
+    Holds the method (never changed: LM, trained users, settings) and owns only a small user model
+    of the new users (:meth:`UserModel.for_new_users`). A step is the method's own scoring and
+    loss on the new users' condition, with reference log-probs computed once for the new users'
+    triples. Evaluation reports the method's metrics for the new users and for the generic user.
+    """
+
+    def __init__(self, method: PDPO, users: UserModel, lr: float) -> None:
+        super().__init__()
+        self.method = method.requires_grad_(False)
+        self.users = users
+        self.lr = lr
+        self.reference = PrecomputedReference(cache_dir=None)
+
+    def forward(self, batch: Batch, output: str = "values") -> Any:
+        # Under a sharding wrapper everything reading the weights runs here.
+        if output == "reference":
+            return self.method._reference_forward(batch)
+        reference = self.reference.lookup(batch["index"]) if self.training else None
+        scores = self.method.score(batch, reference=reference, user_model=self.users)
+        return self.method.pair_values(scores)
+
+    def on_train_start(self) -> None:
+        self.method.eval()  # the frozen model's layers never drop out
+        self.reference.prepare(self, self.trainer)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        # The generic user's term has nothing trainable: the new users' term is the objective.
+        loss = self(batch)["user"]["loss"].mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["user_ids"].shape[0])
+        return loss
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.method.update_metrics("test", batch, self(batch))
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.method.computed_metrics("test", self.trainer.datamodule).items():
+            self.log(name, value, sync_dist=False, rank_zero_only=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            [p for p in self.users.parameters() if p.requires_grad], lr=self.lr, weight_decay=0.0
+        )
+
+
+def new_user_model(trained: UserModel, count: int, start: list[int]) -> UserModel:
+    """``trained.for_new_users(count, start)``, checked: each new user must start exactly as the
+    user it starts from (a user model written elsewhere that grows another way is refused)."""
+    grow = getattr(trained, "for_new_users", None)
+    if not callable(grow) or not callable(getattr(trained, "append_users", None)):
+        raise TypeError(
+            f"{type(trained).__name__} does not say how it grows: it needs for_new_users and append_users"
+        )
+    small = grow(count, start=start)
+    with torch.no_grad():
+        device = next(trained.parameters()).device
+        got = small(torch.arange(1, count + 1, device=device))
+        expected = trained(torch.tensor(start, device=device))
+    if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
+        raise TypeError(
+            f"{type(trained).__name__}.for_new_users does not start new users as the users they start from "
+            "(the generic user, or the chosen trained user): override new_user_row or for_new_users"
+        )
+    return small
+
+
 def adapt_users(
     method: PDPO,
     registry: UserRegistry,
@@ -77,8 +145,7 @@ def adapt_users(
     start: Literal["closest", "generic"] = "closest",
     candidates: int = 256,
     seed: int = 0,
-    accelerator: str = "auto",
-    precision: str | None = None,
+    trainer: dict[str, Any] | None = None,
     data_args: dict[str, Any] | None = None,
     export_model: bool = True,
 ) -> Adaptation:
@@ -99,8 +166,8 @@ def adapt_users(
             every new user starts as the generic user.
         candidates: with ``closest``, how many trained users are tried (a seeded sample).
         seed: seed of the data order.
-        accelerator: ``cpu``, ``gpu`` or ``auto``.
-        precision: Lightning precision (default: fp32 on CPU, bf16-mixed on GPU).
+        trainer: Lightning ``Trainer`` arguments (the trainer presets' ``trainer`` section:
+            accelerator, precision, devices, ...); ``max_steps`` is ``steps``.
         data_args: further :class:`PreferenceDataModule` arguments (length limits, field names);
             default: those of the training run when the method came from a checkpoint.
         export_model: export the adapted model to ``<output>/export``.
@@ -127,80 +194,56 @@ def adapt_users(
         f"adapt: {len(new_users)} new users, {len(kept)} training triples"
         + (f" ({dropped} of already trained users left out)" if dropped else "")
     )
-
     seed_everything(seed)
-    trained = method.user_model
-    saved = {
-        name: getattr(method, name)
-        for name in (
-            "alpha",
-            "num_users",
-            "optimizer_factory",
-            "lr_scheduler_factory",
-            "user_model_lr",
-            "precomputed",
-        )
+    settings = {
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": CSVLogger(out, name="", version="logs"),
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": min(10, steps),
+        "default_root_dir": str(out),
+        **(trainer or {}),
+        "max_steps": steps,
+        "max_epochs": -1,
     }
-    frozen = {name: p.requires_grad for name, p in method.policy.named_parameters()}
-    if lr is None:
-        probe = torch.nn.Parameter(torch.zeros(1))
-        lr = method.user_model_lr or method.optimizer_factory([probe]).defaults["lr"]
-    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    settings.setdefault("precision", "bf16-mixed" if _on_gpu(settings["accelerator"]) else "32-true")
+    run = Trainer(**settings)
     starts = [0] * len(new_users)
     if start == "closest":
-        device = torch.device("cuda" if on_gpu else "cpu")
         starts = closest_users(
-            method, datamodule.train_dataloader(), len(new_users), candidates, seed, device
+            method, datamodule.train_dataloader(), len(new_users), candidates, seed, run.strategy.root_device
         )
     names = [registry.name(i) for i in starts]  # before the registry has the new users
     rank_zero_info(
         "adapt: new users start from " + ", ".join(f"{u} <- {n}" for u, n in zip(new_users, names))
     )
-    method.user_model = trained.for_new_users(len(new_users), start=starts)
-    method.policy.requires_grad_(False)
-    # The generic user's term has nothing trainable left: only the new users' term counts.
-    method.alpha, method.num_users, method.user_model_lr = 1.0, len(new_users), None
-    method.optimizer_factory = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
-    method.lr_scheduler_factory = None
-    # A fresh table for the new users' triples (the cache is keyed by their token ids).
-    if method.precomputed is not None:
-        method.precomputed = PrecomputedReference(method.precomputed.cache_dir)
-    trainer = Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=precision or ("bf16-mixed" if on_gpu else "32-true"),
-        max_steps=steps,
-        logger=CSVLogger(out, name="", version="logs"),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        log_every_n_steps=min(10, steps),
-        default_root_dir=out,
-    )
+    if lr is None:
+        probe = torch.nn.Parameter(torch.zeros(1))
+        lr = method.user_model_lr or method.optimizer_factory([probe]).defaults["lr"]
+    module = NewUsers(method, new_user_model(method.user_model, len(new_users), starts), lr)
+    run.fit(module, datamodule=datamodule)
     metrics: dict[str, float] = {}
-    try:
-        trainer.fit(method, datamodule=datamodule)
-        if test is not None:
-            (results,) = trainer.test(method, datamodule=datamodule, verbose=False)
-            metrics = {k: float(v) for k, v in results.items()}
-        adapted = method.user_model.cpu()
-    finally:
-        method.user_model = trained
-        for name, value in saved.items():
-            setattr(method, name, value)
-        for name, p in method.policy.named_parameters():
-            p.requires_grad_(frozen[name])
-    trained.append_users(adapted.to(next(trained.parameters()).device))
+    if test is not None:
+        (results,) = run.test(module, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in results.items()}
+    trained = method.user_model
+    trained.append_users(module.users.to(next(trained.parameters()).device))
     for user in new_users:
         registry.add(user)
     method.num_users = len(registry)
     registry.save(out / "users.json")
     if metrics:
-        (out / "test_metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=1))
+        atomic_write_json(out / "test_metrics.json", dict(sorted(metrics.items())))
     result = Adaptation(new_users, registry, metrics, dropped, names)
     if export_model:
         result.export_dir = export(method, out / "export", registry)
         rank_zero_info(f"adapt: exported to {result.export_dir} (load with plrlhf.export.load)")
     return result
+
+
+def _on_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 @torch.no_grad()
@@ -213,7 +256,8 @@ def closest_users(
     device: torch.device | str = "cpu",
 ) -> list[int]:
     """For each new user (``user_ids`` 1..num_new in ``batches``), the trained user (or 0, the
-    generic user) under whose parameters the new user's triples have the lowest mean loss."""
+    generic user) under whose parameters the new user's triples have the lowest mean loss (the
+    method's own loss; one reference pass per batch serves every candidate)."""
     trained = list(range(1, method.num_users + 1))
     if len(trained) > candidates:
         trained = sorted(random.Random(seed).sample(trained, candidates))
@@ -225,11 +269,11 @@ def closest_users(
     for batch in tqdm(batches, desc="adapt: closest trained users", leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         counts.index_add_(0, batch["user_ids"], torch.ones_like(batch["user_ids"], dtype=counts.dtype))
+        reference = method._reference_forward(batch)
         for j, candidate in enumerate(pool):
             as_candidate = {**batch, "user_ids": torch.full_like(batch["user_ids"], candidate)}
-            scores = method.score(as_candidate)["user"]
-            loss = preference_values(scores, method.loss_fn, method.beta)["loss"]
-            totals[:, j].index_add_(0, batch["user_ids"], loss.float())
+            values = method.pair_values(method.score(as_candidate, reference=reference))
+            totals[:, j].index_add_(0, batch["user_ids"], values["user"]["loss"].float())
     method.train(was_training)
     best = (totals[1:] / counts[1:, None].clamp(min=1)).argmin(dim=1)
     return [pool[int(i)] for i in best]
@@ -301,6 +345,7 @@ def adapt(
     accelerator: str = "auto",
     precision: str | None = None,
     trust_checkpoint: bool = False,
+    trainer: dict[str, Any] | None = None,
 ) -> Adaptation:
     """Adds the users of ``train`` to a trained personalized model and exports it.
 
@@ -320,12 +365,19 @@ def adapt(
         start: ``closest``: start each new user from the trained user (or generic user) that
             explains its triples best, then fine-tune; ``generic``: start from the generic user.
         seed: seed of the data order.
-        accelerator: ``cpu``, ``gpu`` or ``auto``.
+        accelerator: ``cpu``, ``gpu`` or ``auto`` (short for ``--trainer.accelerator``).
         precision: Lightning precision (default: fp32 on CPU, bf16-mixed on GPU).
         trust_checkpoint: read a legacy checkpoint holding pickled Python objects (this runs code
             from the file: only for checkpoints you made yourself).
+        trainer: further ``Trainer`` arguments, as in the trainer presets (``--config
+            configs/trainer/<preset>.yaml`` or ``--trainer.<name>``).
     """
     method, registry, data_args = load_checkpoint(checkpoint, trust_checkpoint)
+    settings = {
+        "accelerator": accelerator,
+        **({"precision": precision} if precision else {}),
+        **(trainer or {}),
+    }
     result = adapt_users(
         method,
         registry,
@@ -337,8 +389,7 @@ def adapt(
         lr=lr,
         start=start,
         seed=seed,
-        accelerator=accelerator,
-        precision=precision,
+        trainer=settings,
         data_args=data_args,
     )
     names = ", ".join(result.new_users[:10]) + (" ..." if len(result.new_users) > 10 else "")
@@ -353,8 +404,33 @@ def adapt(
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli
+def parser() -> Any:
+    """``plrlhf adapt``: :func:`adapt`'s arguments, a ``trainer`` section as in ``plrlhf fit``
+    (the trainer presets compose with ``--config``), and ``--seed_everything`` as an alias of
+    ``--seed`` (the presets set it)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
+    root = ArgumentParser(prog="plrlhf adapt", description=inspect.getdoc(adapt).split("\n\n")[0])
+    root.add_argument("--config", action=ActionConfigFile, help="YAML files of these arguments")
+    root.add_function_arguments(adapt, as_positional=False, skip={"trainer"})
+    root.add_class_arguments(Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
+    root.add_argument("--seed_everything", type=int | None, default=None, help="alias of --seed")
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    auto_cli(adapt, args=argv, as_positional=False)
+    arguments = parser()
+    config = arguments.parse_args(argv)
+    defaults = arguments.get_defaults()
+    instantiated = arguments.instantiate_classes(config)
+    # Only what the command line or a preset changed: the rest keeps adapt's own defaults.
+    trainer = {
+        key: instantiated.trainer[key]
+        for key in config.trainer.keys()
+        if "." not in key and config.trainer[key] != defaults.trainer[key]
+    }
+    options = {k: v for k, v in config.as_dict().items() if k not in ("config", "trainer", "seed_everything")}
+    if config.seed_everything is not None:
+        options["seed"] = config.seed_everything
+    adapt(**options, trainer=trainer)

@@ -13,6 +13,7 @@ from torch.testing import assert_close
 from plrlhf import IndividualPDPO, PreferenceDataModule
 from plrlhf.adapt import adapt_users
 from plrlhf.export import load
+from plrlhf.user_models import IndividualUserModel, UserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 TRAINED = ("user_0", "user_2", "user_3", "user_1")  # 3 majority users, 1 minority user
@@ -47,7 +48,7 @@ def adapt(trained, tmp_path, k, extra_rows=(), **settings):
         str(write_jsonl(tmp_path / "new.jsonl", few + list(extra_rows))),
         str(write_jsonl(tmp_path / "held_out.jsonl", held_out)),
         output=tmp_path / "adapt",
-        accelerator="cpu",
+        trainer={"accelerator": "cpu"},
         **settings,
     )
     return method, registry, result
@@ -85,3 +86,81 @@ def test_from_the_generic_user_sixteen_preferences_learn_a_new_offset(trained, t
     assert result.metrics["test/generic/rewards/accuracy/user/user_4"] < 0.2
     new_rows = method.user_model.offsets.weight.detach()[5:]
     assert not torch.equal(new_rows, trained[0].user_model.offsets.weight[1:3])  # learned, not copied
+
+
+class GatedMLPUserModel(UserModel):
+    """A user model written elsewhere: ``e_u = e_0 + [u > 0] * mlp(table[u])``. Its new users
+    would start at ``e_0 + mlp(table[0])``, not as the generic user ``e_0``: it does not say how
+    it grows (no ``new_user_row``)."""
+
+    def __init__(self, num_users: int, hidden_size: int, n_tokens: int = 2) -> None:
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.generic_tokens = torch.nn.Parameter(torch.randn(n_tokens, hidden_size))
+        self.table = torch.nn.Embedding(num_users + 1, 4)
+        self.mlp = torch.nn.Linear(4, n_tokens * hidden_size)
+
+    def forward(self, user_ids):
+        gate = (user_ids > 0).float()[:, None, None]
+        return self.generic_tokens + gate * self.mlp(self.table(user_ids)).view(
+            len(user_ids), self.n_tokens, -1
+        )
+
+
+def test_a_user_model_that_grows_elsewhere_is_refused(tmp_path):
+    from plrlhf.adapt import new_user_model
+
+    model = GatedMLPUserModel(3, 8)
+    with pytest.raises(TypeError, match="does not start new users as the users they start from"):
+        new_user_model(model, 2, start=[0, 0])
+    assert new_user_model(IndividualUserModel(3, 8), 2, start=[0, 2])  # the shipped ones do
+
+
+def test_candidates_are_scored_with_one_reference_pass_per_batch(trained, tmp_path, monkeypatch):
+    from plrlhf.adapt import closest_users
+    from plrlhf.policy import Policy
+
+    method, _ = copy.deepcopy(trained)
+    rows = [r for r in synthetic_rows("train") if r["user_id"] in NEW][:24]
+    dm = PreferenceDataModule(TOKENIZER, train=str(write_jsonl(tmp_path / "n.jsonl", rows)), batch_size=8)
+    dm.setup("fit")
+    calls = {"n": 0}
+    original = Policy.reference_pair_logps
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Policy, "reference_pair_logps", counted)
+    starts = closest_users(method, dm.train_dataloader(), num_new=dm.num_users)
+    assert calls["n"] == 3  # 3 batches, 5 candidates each (the generic user and 4 trained users)
+    assert len(starts) == dm.num_users
+
+
+def test_the_adapt_command_takes_the_trainer_presets(trained, tmp_path, monkeypatch, capsys):
+    from plrlhf.cli import main
+    from tests.conftest import ROOT
+
+    method, _ = trained
+    # a checkpoint of the trained method, as `plrlhf fit` leaves one
+    dm = PreferenceDataModule(
+        TOKENIZER,
+        train=str(
+            write_jsonl(
+                tmp_path / "t.jsonl", [r for r in synthetic_rows("train") if r["user_id"] in TRAINED][:16]
+            )
+        ),
+        batch_size=16,
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer.fit(copy.deepcopy(method), datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    new = write_jsonl(
+        tmp_path / "new.jsonl", [r for r in synthetic_rows("train") if r["user_id"] == "user_4"][:4]
+    )
+    main(["adapt", "--config", str(ROOT / "configs/trainer/cpu.yaml"), "--checkpoint", str(tmp_path / "run.ckpt"),
+          "--train", str(new), "--steps", "2", "--output", str(tmp_path / "out"), "--trainer.log_every_n_steps", "1"])  # fmt: skip
+    assert "added 1 users (user_4)" in capsys.readouterr().out
+    logged = (tmp_path / "out" / "logs" / "metrics.csv").read_text().splitlines()
+    assert logged[0].startswith("epoch,step,train/loss") or "train/loss" in logged[0]
+    assert len(logged) == 3  # log_every_n_steps 1 from the command line: both steps logged

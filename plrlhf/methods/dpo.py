@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from plrlhf.losses import PairScores
 from plrlhf.methods.lm import Batch
 from plrlhf.methods.preference import PreferenceModule
@@ -14,7 +16,7 @@ class DPO(PreferenceModule):
     reported per user and group, which shows whom a single policy serves.
     """
 
-    def score(self, batch: Batch) -> dict[str, PairScores]:
+    def score(self, batch: Batch, reference: tuple[Tensor, Tensor] | None = None) -> dict[str, PairScores]:
         ((chosen, rejected, n_chosen, n_rejected),) = self.policy.pair_logps(
             batch["input_ids"],
             batch["attention_mask"],
@@ -22,5 +24,5 @@ class DPO(PreferenceModule):
             self.pad_token_id,
             layout=self.row_layout,
         )
-        ref_chosen, ref_rejected = self.reference_logps(batch)
+        ref_chosen, ref_rejected = reference if reference is not None else self.reference_logps(batch)
         return {"policy": PairScores(chosen, rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)}

@@ -22,7 +22,7 @@ from plrlhf.losses import PairScores
 from plrlhf.methods.lm import Batch, UserModelFactory, Values
 from plrlhf.methods.preference import PreferenceModule
 from plrlhf.policy import RowLayout
-from plrlhf.user_models import ClusterUserModel, IndividualUserModel
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel, UserModel
 
 
 class PDPO(PreferenceModule):
@@ -74,9 +74,17 @@ class PDPO(PreferenceModule):
     def row_layout(self) -> RowLayout:
         return "after_prompt" if self.user_tokens == "after_prompt" else super().row_layout
 
-    def score(self, batch: Batch) -> dict[str, PairScores]:
+    def score(
+        self,
+        batch: Batch,
+        reference: tuple[Tensor, Tensor] | None = None,
+        user_model: UserModel | None = None,
+    ) -> dict[str, PairScores]:
+        """See :meth:`PreferenceModule.score`; ``user_model`` scores with another user model of
+        the same hidden size (adaptation trains a small one for new users)."""
         user_ids = batch["user_ids"]
-        personal, generic = self.user_model(torch.cat([user_ids, torch.zeros_like(user_ids)])).chunk(2)
+        users = user_model if user_model is not None else self.user_model
+        personal, generic = users(torch.cat([user_ids, torch.zeros_like(user_ids)])).chunk(2)
         # Both user conditions in one forward; one reference value serves both terms.
         scored = self.policy.pair_logps(
             batch["input_ids"],
@@ -86,7 +94,7 @@ class PDPO(PreferenceModule):
             soft_tokens=[personal, generic],
             layout=self.row_layout,
         )
-        ref_chosen, ref_rejected = self.reference_logps(batch)
+        ref_chosen, ref_rejected = reference if reference is not None else self.reference_logps(batch)
         return {
             name: PairScores(chosen, rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)
             for name, (chosen, rejected, n_chosen, n_rejected) in zip(self.conditions, scored)

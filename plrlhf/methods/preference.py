@@ -81,7 +81,9 @@ class PreferenceModule(LanguageModelModule):
         """Names of the conditions :meth:`score` returns; the first is the method's own."""
         return ("policy",)
 
-    def score(self, batch: Batch) -> dict[str, PairScores]:
+    def score(self, batch: Batch, reference: tuple[Tensor, Tensor] | None = None) -> dict[str, PairScores]:
+        """Log-probs of the batch's pairs per condition; ``reference``: the reference log-probs
+        (chosen, rejected) when the caller has them, else :meth:`reference_logps`."""
         raise NotImplementedError
 
     def combine(self, values: Values) -> Tensor:
@@ -136,27 +138,32 @@ class PreferenceModule(LanguageModelModule):
     # -- evaluation and prediction ---------------------------------------------------------------
     def evaluate(self, stage: str, batch: Batch) -> None:
         _, values = self(batch)
+        self.update_metrics(stage, batch, values)
+
+    def update_metrics(self, stage: str, batch: Batch, values: Values) -> None:
         for condition, v in values.items():
             self.metrics[stage][condition].update(
                 v, batch["user_ids"], batch["user_keys"], batch["group_keys"]
             )
 
-    def log_evaluation(self, stage: str) -> None:
-        user_names = getattr(self._datamodule(), "user_names", None)
-        group_names = getattr(self._datamodule(), "group_names", None)
+    def computed_metrics(self, stage: str, datamodule: Any) -> dict[str, Tensor]:
+        """The accumulated metrics of ``stage`` as ``{<stage>[/<condition>]/<name>: value}`` (reset
+        after), per-user names from ``datamodule``. Per-key values are already reduced across
+        processes by the metric."""
+        user_names = getattr(datamodule, "user_names", None)
+        group_names = getattr(datamodule, "group_names", None)
+        computed = {}
         for i, condition in enumerate(self.conditions):
-            metrics = self.metrics[stage][condition]
             prefix = stage if i == 0 else f"{stage}/{condition}"
-            for name, value in metrics.compute(user_names, group_names).items():
-                # Per-key values are already reduced across processes by the metric.
-                self.log(
-                    f"{prefix}/{name}",
-                    value,
-                    prog_bar=(i == 0 and name == "rewards/accuracy"),
-                    sync_dist=False,
-                    rank_zero_only=False,
-                )
+            metrics = self.metrics[stage][condition]
+            computed.update({f"{prefix}/{k}": v for k, v in metrics.compute(user_names, group_names).items()})
             metrics.reset()
+        return computed
+
+    def log_evaluation(self, stage: str) -> None:
+        main = f"{stage}/rewards/accuracy"
+        for name, value in self.computed_metrics(stage, self._datamodule()).items():
+            self.log(name, value, prog_bar=name == main, sync_dist=False, rank_zero_only=False)
 
     def predict_pairs(self, batch: Batch) -> list[dict[str, Any]]:
         """The implicit rewards and log-probs of every triple under every condition."""
