@@ -158,8 +158,9 @@ def test_the_adapt_command_takes_the_trainer_presets(trained, tmp_path, monkeypa
     new = write_jsonl(
         tmp_path / "new.jsonl", [r for r in synthetic_rows("train") if r["user_id"] == "user_4"][:4]
     )
-    main(["adapt", "--config", str(ROOT / "configs/trainer/cpu.yaml"), "--checkpoint", str(tmp_path / "run.ckpt"),
-          "--train", str(new), "--steps", "2", "--output", str(tmp_path / "out"), "--trainer.log_every_n_steps", "1"])  # fmt: skip
+    preset = str(ROOT / "configs/trainer/cpu.yaml")
+    main(["adapt", "--config", preset, "--checkpoint", str(tmp_path / "run.ckpt"), "--train", str(new),
+          "--steps", "2", "--output", str(tmp_path / "out"), "--trainer.log_every_n_steps", "1"])  # fmt: skip
     assert "added 1 users (user_4)" in capsys.readouterr().out
     logged = (tmp_path / "out" / "logs" / "metrics.csv").read_text().splitlines()
     assert logged[0].startswith("epoch,step,train/loss") or "train/loss" in logged[0]
