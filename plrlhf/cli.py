@@ -167,7 +167,8 @@ def resolve_checkpoint(config: Any, run: Path | None, subcommand: str) -> str | 
     )
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> Any:
+    """The ``plrlhf`` command; returns the LightningCLI object of a Trainer subcommand."""
     argv = sys.argv[1:] if args is None else args
     # Data preparation, adaptation of new users and model conversion are not Trainer entry points:
     # their own parsers, not LightningCLI.
@@ -184,7 +185,7 @@ def main(args: list[str] | None = None) -> None:
 
         return convert_main(argv[1:])
     try:
-        PlrlhfCLI(
+        return PlrlhfCLI(
             LanguageModelModule,
             PreferenceDataModule,
             subclass_mode_model=True,

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from plrlhf.data.registry import UserRegistry
 from plrlhf.generation import generate
 from plrlhf.io import atomic_directory
-from plrlhf.policy import Policy, score_rows
+from plrlhf.policy import Policy, score_rows, tree_score
 from plrlhf.specs import build
 from plrlhf.tokenizer import load_tokenizer
 from plrlhf.user_models import UserModel
@@ -154,24 +154,55 @@ class PersonalizedLM:
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str], users: list[Any]) -> Tensor:
         """Summed log-probability of each response (EOS appended) given its prompt and user."""
-        from plrlhf.data.collate import EncodedTriple, PreferenceCollator
-
         eos = self.tokenizer.eos_token_id
         prompt_ids = self.tokenizer(prompts)["input_ids"]
         response_ids = [
             ids + [eos] for ids in self.tokenizer(responses, add_special_tokens=False)["input_ids"]
         ]
-        items = [EncodedTriple(p, r, r, 0, 0, 0) for p, r in zip(prompt_ids, response_ids)]
-        batch = PreferenceCollator(self.tokenizer.pad_token_id)(items)
-        n = len(items)  # the collator stacks chosen then rejected rows: keep the first copy
-        ids, mask, resp = (
-            batch[k][:n].to(self.device) for k in ("input_ids", "attention_mask", "response_mask")
-        )
         soft = self.soft_tokens(self.user_indices(users))
-        if self.user_tokens == "after_prompt" and soft is not None:
-            raise NotImplementedError("scoring with user tokens after the prompt: use the training stack")
+        pad = self.tokenizer.pad_token_id
+        if soft is not None and self.user_tokens == "after_prompt":
+            ids, segments, column = _prompt_soft_response_rows(prompt_ids, response_ids, soft.shape[1], pad)
+            # [prompt | user tokens | response] as a tree of three segments (policy.tree_logps)
+            sums, _ = tree_score(
+                self.model,
+                ids.to(self.device),
+                segments.to(self.device),
+                (-1, 0, 1),
+                (2,),
+                soft,
+                soft_column=column,
+            )
+            return sums[:, 0]
+        rows = [p + r for p, r in zip(prompt_ids, response_ids)]
+        width = max(map(len, rows))
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.device)
+        resp = torch.tensor(
+            [
+                [0] * len(p) + [1] * len(r) + [0] * (width - len(p) - len(r))
+                for p, r in zip(prompt_ids, response_ids)
+            ],
+            dtype=torch.bool,
+            device=self.device,
+        )
         sums, _ = score_rows(self.model, ids, mask, resp, soft_tokens=soft)
         return sums
+
+
+def _prompt_soft_response_rows(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], n_soft: int, pad: int
+) -> tuple[Tensor, Tensor, int]:
+    """Rows ``[left-padded prompt | n_soft slots | response, right-padded]`` with segment ids
+    (prompt 0, slots 1, response 2, padding -1) and the slots' column."""
+    width_prompt = max(map(len, prompt_ids))
+    width_response = max(map(len, response_ids))
+    ids, segments = [], []
+    for p, r in zip(prompt_ids, response_ids):
+        left, right = width_prompt - len(p), width_response - len(r)
+        ids.append([pad] * left + p + [pad] * n_soft + r + [pad] * right)
+        segments.append([-1] * left + [0] * len(p) + [1] * n_soft + [2] * len(r) + [-1] * right)
+    return torch.tensor(ids), torch.tensor(segments), width_prompt
 
 
 def load(

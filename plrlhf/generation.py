@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from plrlhf.policy import insert_soft_tokens
+
 UserTokenPosition = Literal["before_prompt", "after_prompt"]
 
 
@@ -39,14 +41,8 @@ def generate(
     """
     embeds = model.get_input_embeddings()(input_ids)
     if soft_tokens is not None and soft_tokens.shape[1] > 0:
-        soft_mask = attention_mask.new_ones(soft_tokens.shape[:2])
-        soft_tokens = soft_tokens.to(embeds.dtype)
-        if user_tokens == "before_prompt":
-            embeds = torch.cat([soft_tokens, embeds], dim=1)
-            attention_mask = torch.cat([soft_mask, attention_mask], dim=1)
-        else:
-            embeds = torch.cat([embeds, soft_tokens], dim=1)
-            attention_mask = torch.cat([attention_mask, soft_mask], dim=1)
+        where = "before" if user_tokens == "before_prompt" else "after"
+        embeds, attention_mask = insert_soft_tokens(embeds, attention_mask, soft_tokens, where)
     settings = {"pad_token_id": model.config.pad_token_id, **generate_kwargs}
     # With only inputs_embeds, decoder-only models return just the new tokens.
     return model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)

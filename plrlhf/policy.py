@@ -81,6 +81,18 @@ def build_causal_lm(
     return model
 
 
+def insert_soft_tokens(
+    embeds: Tensor, attention_mask: Tensor, soft_tokens: Tensor, where: Literal["before", "after"] = "before"
+) -> tuple[Tensor, Tensor]:
+    """Put ``soft_tokens`` ``(B, P, d)`` before (or after) every row of ``embeds`` ``(B, T, d)``;
+    returns the embeddings and the attention mask, both ``P`` longer."""
+    soft_mask = attention_mask.new_ones(soft_tokens.shape[:2])
+    soft_tokens = soft_tokens.to(embeds.dtype)
+    if where == "before":
+        return torch.cat([soft_tokens, embeds], dim=1), torch.cat([soft_mask, attention_mask], dim=1)
+    return torch.cat([embeds, soft_tokens], dim=1), torch.cat([attention_mask, soft_mask], dim=1)
+
+
 def prepend_soft_tokens(
     embeds: Tensor, attention_mask: Tensor, soft_tokens: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -95,9 +107,7 @@ def prepend_soft_tokens(
         attention_mask: ``(B, T)``.
         soft_tokens: ``(B, P, d)`` user tokens (``P`` may be 0).
     """
-    soft_mask = attention_mask.new_ones(soft_tokens.shape[:2])
-    embeds = torch.cat([soft_tokens.to(embeds.dtype), embeds], dim=1)
-    attention_mask = torch.cat([soft_mask, attention_mask], dim=1)
+    embeds, attention_mask = insert_soft_tokens(embeds, attention_mask, soft_tokens)
     return embeds, attention_mask, positions_from_mask(attention_mask)
 
 
@@ -289,7 +299,7 @@ class Policy(nn.Module):
         Returns:
             ``(sums, counts)``, both ``(B, len(scored))``.
         """
-        return _tree_score(
+        return tree_score(
             self.hf_model, input_ids, segments, parents, scored, soft_tokens, embeds, soft_column
         )
 
@@ -302,7 +312,7 @@ class Policy(nn.Module):
             _, counts = _scored_counts(segments, scored)
             return torch.zeros(counts.shape, device=input_ids.device), counts
         with self._reference_model() as model:
-            return _tree_score(model, input_ids, segments, parents, scored)
+            return tree_score(model, input_ids, segments, parents, scored)
 
     @torch.no_grad()
     def reference_logps(
@@ -366,15 +376,20 @@ def score_rows(
         embeds, attention_mask, position_ids = prepend_soft_tokens(embeds, attention_mask, soft_tokens)
     else:
         position_ids = positions_from_mask(attention_mask)
-    # The decoder alone: the LM head runs later on response positions only.
-    hidden = model.base_model(
-        inputs_embeds=embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,
-    ).last_hidden_state[:, n_soft:]
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    return sequence_logps(hidden, input_ids, response_mask, model.get_output_embeddings(), softcap)
+    hidden = _decoder(model, embeds, attention_mask, position_ids)[:, n_soft:]
+    return sequence_logps(hidden, input_ids, response_mask, *_head(model))
+
+
+def _decoder(model: PreTrainedModel, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+    """The decoder's last hidden states; the LM head runs later, on response positions only."""
+    return model.base_model(
+        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+
+
+def _head(model: PreTrainedModel) -> tuple[nn.Module, float | None]:
+    """The LM head and its logit soft-cap (Gemma), for :mod:`plrlhf.logprobs`."""
+    return model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None)
 
 
 def _scored_counts(segments: Tensor, scored: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -386,7 +401,7 @@ def _scored_counts(segments: Tensor, scored: tuple[int, ...]) -> tuple[Tensor, T
     return column, counts
 
 
-def _tree_score(
+def tree_score(
     model: PreTrainedModel,
     input_ids: Tensor,
     segments: Tensor,
@@ -409,22 +424,11 @@ def _tree_score(
     layout = tree_layout(segments, parents)
     # A 4D mask reaches the attention kernels as given; with position ids alone transformers would
     # infer packed sequences or plain causal attention instead.
-    hidden = model.base_model(
-        inputs_embeds=embeds,
-        attention_mask=layout.additive_mask(embeds.dtype),
-        position_ids=layout.position_ids,
-        use_cache=False,
-    ).last_hidden_state
+    hidden = _decoder(model, embeds, layout.additive_mask(embeds.dtype), layout.position_ids)
     column, counts = _scored_counts(segments, scored)
     take = (column >= 0) & (layout.predictor >= 0)
     rows, cols = torch.nonzero(take, as_tuple=True)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    logps = token_logps(
-        hidden[rows, layout.predictor[rows, cols]],
-        input_ids[rows, cols],
-        model.get_output_embeddings(),
-        softcap,
-    )
+    logps = token_logps(hidden[rows, layout.predictor[rows, cols]], input_ids[rows, cols], *_head(model))
     width = len(scored)
     sums = torch.zeros(input_ids.shape[0] * width, dtype=logps.dtype, device=logps.device)
     sums = sums.index_add(0, rows * width + column[rows, cols], logps).view(-1, width)

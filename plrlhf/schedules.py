@@ -11,8 +11,12 @@ from torch.optim.lr_scheduler import LambdaLR
 class WarmupCosine(LambdaLR):
     """Linear warm-up to the base learning rate, then cosine decay to ``min_lr_ratio`` of it.
 
-    With ``total_steps`` unset the method fills it in from the trainer (``set_total_steps``), so a
-    YAML need not repeat what the data size and epochs already determine.
+    With ``total_steps`` unset the method fills it in from the trainer (``set_total_steps``, when
+    training starts), so a YAML need not repeat what the data size and epochs already determine.
+    That is why this is not ``transformers.get_cosine_with_min_lr_schedule_with_warmup`` or torch's
+    ``SequentialLR(LinearLR, CosineAnnealingLR)``: both need the run's length when the optimizer
+    is configured, and asking the trainer then builds the training loader before a resumed run
+    restores its position (the resume would restart the epoch).
     """
 
     def __init__(

@@ -21,7 +21,7 @@ def _in_repo_root(monkeypatch, tmp_path):
 
 
 def run(args):
-    main(args)
+    return main(args)
 
 
 @pytest.mark.parametrize("method", sorted(p.name for p in (CONFIGS / "method").glob("*.yaml")))
@@ -116,7 +116,7 @@ def test_readme_custom_data_command_runs():
 
 
 def test_lora_from_the_command_line():
-    run(
+    cli = run(
         [
             "fit",
             *BASE,
@@ -132,6 +132,11 @@ def test_lora_from_the_command_line():
             "all-linear",
         ]
     )
+    policy = cli.model.policy
+    assert policy.uses_lora and policy.lm.peft_config["default"].r == 4
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert policy.reference is None and not policy.reference_free  # the adapters disabled are the reference
 
 
 @pytest.mark.gpu
@@ -297,7 +302,9 @@ def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
 
 
 def test_external_user_model_by_class_path():
-    run(
+    from tests.test_methods import MeanUserModel
+
+    cli = run(
         [
             "fit",
             *BASE,
@@ -311,3 +318,7 @@ def test_external_user_model_by_class_path():
             *FAST,
         ]
     )
+    users = cli.model.user_model
+    assert type(users) is MeanUserModel and users.n_tokens == 3
+    (group,) = [g for g in cli.trainer.optimizers[0].param_groups if g["name"] == "user_model"]
+    assert any(p is users.table.weight for p in group["params"])  # trained with the method

@@ -1,5 +1,6 @@
 """The methods on tiny real models: equivalences, limits, gradients, learning, checkpoints."""
 
+import math
 from functools import partial
 
 import pytest
@@ -242,3 +243,51 @@ def test_every_loss_trains_as_personalized_pdpo(tmp_path, loss_name):
         optimizer.step()
         objectives.append(objective.item())
     assert objectives[-1] < objectives[0]
+
+
+def test_warmup_cosine_values_by_hand():
+    from plrlhf.schedules import WarmupCosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = WarmupCosine(optimizer, warmup_steps=3, min_lr_ratio=0.1)
+    schedule.set_total_steps(7)
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    # warm-up (step + 1) / 4; then 0.1 + 0.9 * (1 + cos(pi * (step - 3) / 4)) / 2
+    expected = [0.25, 0.5, 0.75, 1.0, 0.1 + 0.45 * (1 + math.cos(math.pi / 4)), 0.55,
+                0.1 + 0.45 * (1 + math.cos(3 * math.pi / 4)), 0.1]  # fmt: skip
+    assert lrs == pytest.approx(expected, abs=1e-9)
+
+
+def test_nll_weight_adds_the_chosen_responses_nll(tmp_path):
+    _, batch = make_batch(tmp_path)
+    plain, weighted = pdpo(), pdpo(nll_weight=0.7)
+    weighted.load_state_dict(plain.state_dict())
+    scores = plain.score(batch)["user"]
+    nll = -scores.policy_chosen.sum() / scores.n_chosen.sum()  # per token, over the batch
+    difference = weighted.objective(batch)[0] - plain.objective(batch)[0]
+    assert difference.item() == pytest.approx(0.7 * nll.item(), rel=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    _, batch = make_batch(tmp_path)
+    plain, checkpointed = pdpo(), pdpo(gradient_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert (
+        checkpointed.policy.hf_model.is_gradient_checkpointing
+        and not plain.policy.hf_model.is_gradient_checkpointing
+    )
+    for module in (plain, checkpointed):
+        module.train()
+        module.objective(batch)[0].backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        if a.grad is not None:
+            assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_dtype_sets_the_model_parameters():
+    module = pdpo(dtype="bfloat16")
+    assert {p.dtype for p in module.policy.parameters()} == {torch.bfloat16}
