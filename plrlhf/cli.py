@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -60,6 +62,9 @@ class PlrlhfCLI(LightningCLI):
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "test":
+            # plrlhf's own per-user table (TestReport) instead of Lightning's 80-row metric dump
+            parser.set_defaults(verbose=False)
         if subcommand in EVALUATIONS:
             parser.add_argument(
                 "--untrained",
@@ -88,7 +93,16 @@ class PlrlhfCLI(LightningCLI):
         run = run_directory(config)
         # Evaluating a run from its saved config would reuse the run's logger version, and the
         # logger would replace the training metrics there: evaluation logs go one level down.
-        init_args = getattr(config.trainer.logger, "init_args", None)
+        logger = config.trainer.logger
+        if logger in (None, True) and run is not None:
+            # Lightning's default logger would start a new lightning_logs/version_<n+1>: log below
+            # the run being evaluated instead.
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=str(run), name="", version=self.subcommand),
+            )
+            return
+        init_args = getattr(logger, "init_args", None)
         if init_args is None:
             return
         version = getattr(init_args, "version", None)
@@ -167,23 +181,54 @@ def resolve_checkpoint(config: Any, run: Path | None, subcommand: str) -> str | 
     )
 
 
+COMMANDS = {
+    "fit": "train a method on preference triples (LightningCLI: --config files compose)",
+    "validate": "evaluate a trained run on its validation data",
+    "test": "evaluate a trained run on test data: per-user table and test_metrics.json",
+    "predict": "generate a response per (user, prompt), or score triples, to predictions.jsonl",
+    "data": "build train/validation/test triples from a dataset's published files",
+    "adapt": "add users who arrive after training, from a few of their preferences",
+    "convert-gguf": "convert a GGUF checkpoint (SmolLM2 offline) to a transformers directory",
+}
+
+
+OWN_PARSERS = {"data": "plrlhf.builders.cli", "adapt": "plrlhf.adapt", "convert-gguf": "plrlhf.gguf"}
+
+
+def overview() -> str:
+    from plrlhf import __version__
+
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"usage: plrlhf <command> [options]        (plrlhf {__version__})",
+        "",
+        "Personalized preference optimization (P-DPO) of language models, on Lightning.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {summary}" for name, summary in COMMANDS.items()),
+        "",
+        "plrlhf <command> --help shows a command's options; plrlhf --version its version.",
+    ]
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> Any:
     """The ``plrlhf`` command; returns the LightningCLI object of a Trainer subcommand."""
     argv = sys.argv[1:] if args is None else args
-    # Data preparation, adaptation of new users and model conversion are not Trainer entry points:
-    # their own parsers, not LightningCLI.
-    if argv[:1] == ["data"]:
-        from plrlhf.builders.cli import main as data_main
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return None
+    if argv[0] == "--version":
+        from plrlhf import __version__
 
-        return data_main(argv[1:])
-    if argv[:1] == ["adapt"]:
-        from plrlhf.adapt import main as adapt_main
-
-        return adapt_main(argv[1:])
-    if argv[:1] == ["convert-gguf"]:
-        from plrlhf.gguf import main as convert_main
-
-        return convert_main(argv[1:])
+        print(f"plrlhf {__version__}")
+        return None
+    if not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        raise SystemExit(f"plrlhf: unknown command {argv[0]!r}\n\n{overview()}")
+    if argv[0] in OWN_PARSERS:
+        # Data preparation, adaptation of new users and model conversion are not Trainer entry
+        # points: their own parsers, built from their functions' signatures.
+        return importlib.import_module(OWN_PARSERS[argv[0]]).main(argv[1:])
     try:
         return PlrlhfCLI(
             LanguageModelModule,
@@ -193,6 +238,7 @@ def main(args: list[str] | None = None) -> Any:
             auto_configure_optimizers=False,
             save_config_callback=SaveFitConfig,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "plrlhf"},
             args=args,
         )
     except ValueError as error:

@@ -49,6 +49,7 @@ class LanguageModelModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         gradient_checkpointing: bool = False,
         dtype: str | None = None,
+        disable_dropout: bool = True,
         generation: dict[str, Any] | None = None,
         on_nonfinite: Literal["stop", "skip"] = "stop",
         max_consecutive_skips: int = 10,
@@ -64,6 +65,9 @@ class LanguageModelModule(LightningModule):
             lr_scheduler: learning-rate schedule, stepped every optimizer step.
             gradient_checkpointing: recompute activations in backward to save memory.
             dtype: parameter dtype of the loaded model (e.g. ``bfloat16``); default: float32.
+            disable_dropout: set every dropout of the model (LoRA's included) to 0, as TRL's
+                ``disable_dropout``: log-ratios are then deterministic and resumes exact; false
+                keeps the model's own dropout in training.
             generation: keyword arguments of transformers' ``generate`` for ``predict`` on prompts
                 (e.g. ``{max_new_tokens: 64, do_sample: true, top_p: 0.9}``; default: greedy, 128).
             on_nonfinite: a NaN/inf training loss ``stop``s the run (after saving the state from
@@ -91,6 +95,11 @@ class LanguageModelModule(LightningModule):
         if gradient_checkpointing:
             hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = Policy(hf_model, lora=lora, reference_free=True)  # methods add a reference
+        if disable_dropout:
+            for module in self.policy.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        self.policy.train()  # from_pretrained returns eval mode; only a frozen reference stays so
         self.generation = {"max_new_tokens": 128, "do_sample": False, **(generation or {})}
         self.nonfinite = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
         self.user_model: UserModel | None = None

@@ -7,8 +7,10 @@ adds the generic user) and may override :meth:`PreferenceModule.combine`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from plrlhf.losses import PairScores, PreferenceLoss, as_loss
@@ -129,6 +131,16 @@ class PreferenceModule(LanguageModelModule):
         if output == "reference":  # under FSDP2, the reference reads the gathered weights too
             return self._reference_forward(batch)
         return super().forward(batch, output, **settings)
+
+    def on_fit_start(self) -> None:
+        if self.policy.reference is not None:
+            # Lightning warns about modules in eval mode; here that is the frozen reference copy,
+            # on purpose (it never drops out): say so once instead.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
+            count = sum(1 for _ in self.policy.reference.modules())
+            rank_zero_info(
+                f"the frozen reference model ({count} modules) runs in eval mode: it never drops out"
+            )
 
     def on_train_start(self) -> None:
         super().on_train_start()
