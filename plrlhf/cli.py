@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +213,16 @@ def overview() -> str:
     return "\n".join(lines)
 
 
-def main(args: list[str] | None = None) -> Any:
-    """The ``plrlhf`` command; returns the LightningCLI object of a Trainer subcommand."""
+def main(args: list[str] | None = None) -> None:
+    """The ``plrlhf`` command (a console script: returns nothing, its exit status is 0 or an error)."""
+    run(args)
+
+
+def run(args: list[str] | None = None) -> Any:
+    """:func:`main`, returning the LightningCLI object of a Trainer subcommand (for tests and
+    notebooks)."""
+    # Lightning's own deprecation notice about torch's pytree, printed on every run: not ours to fix.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     argv = sys.argv[1:] if args is None else args
     if not argv or argv[0] in ("-h", "--help"):
         print(overview())

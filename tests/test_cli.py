@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from plrlhf.cli import main
+from plrlhf.cli import run as run_cli
 from tests.conftest import ROOT, synthetic_rows, write_jsonl
 
 CONFIGS = ROOT / "configs"
@@ -21,7 +21,7 @@ def _in_repo_root(monkeypatch, tmp_path):
 
 
 def run(args):
-    return main(args)
+    return run_cli(args)
 
 
 @pytest.mark.parametrize("method", sorted(p.name for p in (CONFIGS / "method").glob("*.yaml")))

@@ -92,3 +92,24 @@ def test_test_prints_the_readable_table_and_writes_below_the_run(
           "--data.init_args.predict", str(run.parents[1] / "test.jsonl")])  # fmt: skip
     assert (run / "predict" / "predictions.jsonl").is_file()
     assert sorted(p.name for p in run.parent.iterdir()) == [run.name]  # no version_<n+1>
+
+
+def test_the_console_script_exits_0_and_prints_no_object(tmp_path):
+    """``plrlhf`` is ``sys.exit(main())``: a returned object would be printed and exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    script = [sys.executable, "-c", "import sys; from plrlhf.cli import main; sys.exit(main())"]
+    args = ["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--trainer.fast_dev_run", "1"]
+    args += ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+    done = subprocess.run(
+        script + args,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "PlrlhfCLI object" not in done.stdout + done.stderr
