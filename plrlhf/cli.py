@@ -92,6 +92,13 @@ class PlrlhfCLI(LightningCLI):
             return
         config = self.config[self.subcommand]
         run = run_directory(config)
+        # Evaluation writes no checkpoints: a ModelCheckpoint from the run's config would only
+        # warn that its directory moved with the logs.
+        callbacks = config.trainer.get("callbacks") or []
+        config.trainer.callbacks = [
+            c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")
+        ]
+        config.trainer.enable_checkpointing = False
         # Evaluating a run from its saved config would reuse the run's logger version, and the
         # logger would replace the training metrics there: evaluation logs go one level down.
         logger = config.trainer.logger
