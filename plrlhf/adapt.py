@@ -40,7 +40,7 @@ from plrlhf.methods.lm import Batch
 from plrlhf.methods.pdpo import PDPO
 from plrlhf.methods.preference import PreferenceModule
 from plrlhf.methods.reference import PrecomputedReference
-from plrlhf.specs import resolve_class
+from plrlhf.specs import check_class_paths, resolve_class
 from plrlhf.user_models import UserModel
 
 NEW_USERS_FILE = "new_users.json"
@@ -313,6 +313,7 @@ def load_checkpoint(
             "method yourself and call plrlhf.adapt.adapt_users"
         )
     cls = resolve_class(class_path, PreferenceModule, str(checkpoint))
+    check_class_paths(state.get("hyper_parameters", {}), str(checkpoint))
     method = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=not trust_checkpoint)
     # The run's data settings (length limits, field names), not its files or batching.
     settings = set(inspect.signature(PreferenceDataModule).parameters) - {

@@ -18,9 +18,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport
-from plrlhf.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
+from plrlhf.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file, load_checkpoint
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.methods.lm import LanguageModelModule
+from plrlhf.specs import check_class_paths, resolve_class
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -77,15 +78,34 @@ class PlrlhfCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        # Before Lightning reads the checkpoint's hyperparameters into the config: ``last`` is
-        # the evaluated run's own checkpoint, and a missing, empty or directory path is named.
+        # Lightning's, with three changes: ``last`` is the evaluated run's own checkpoint; a
+        # missing, empty or directory path is named; and the checkpoint's hyperparameters, which
+        # are read into the config (building the classes they name), must name only plrlhf methods
+        # and classes of modules already imported (read weights_only).
         subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
         if subcommand in EVALUATIONS:
-            config = self.config[subcommand]
             config.ckpt_path = resolve_checkpoint(config, run_directory(config), subcommand)
             if config.ckpt_path is not None:
                 check_checkpoint_file(config.ckpt_path)
-        super()._parse_ckpt_path()
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None or not Path(ckpt_path).is_file():
+            return  # (fit resolves "last" itself)
+        hparams = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        check_class_paths(hparams, str(ckpt_path))
+        if "_class_path" in hparams:
+            resolve_class(hparams["_class_path"], LanguageModelModule, str(ckpt_path))
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand in (None, "fit"):

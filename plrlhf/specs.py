@@ -87,7 +87,15 @@ def resolve_class(path: Any, base: type, where: str) -> type:
     """
     if not isinstance(path, str) or "." not in path:
         raise ValueError(f"{where}: class_path must be a dotted name, got {path!r}")
-    module_name, _, name = path.rpartition(".")
+    module, name = _module_of(path, where), path.rpartition(".")[2]
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{where}: {path!r} is not a {base.__module__}.{base.__qualname__} subclass: refused")
+    return cls
+
+
+def _module_of(path: str, where: str) -> Any:
+    module_name = path.rpartition(".")[0]
     module = sys.modules.get(module_name)
     if module is None and (module_name == "plrlhf" or module_name.startswith("plrlhf.")):
         module = importlib.import_module(module_name)
@@ -96,10 +104,21 @@ def resolve_class(path: Any, base: type, where: str) -> type:
             f"{where}: {path!r} is not in a module imported so far; loading never imports modules a file "
             f"names. If you trust it, import {module_name!r} first"
         )
-    cls = getattr(module, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise TypeError(f"{where}: {path!r} is not a {base.__module__}.{base.__qualname__} subclass: refused")
-    return cls
+    return module
+
+
+def check_class_paths(tree: Any, where: str) -> None:
+    """Refuse plain data (e.g. a checkpoint's hyperparameters) naming a class outside the modules
+    imported so far: building it would import that module, on the file's say."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key in ("class_path", "_class_path") and isinstance(value, str):
+                _module_of(value, where)
+            else:
+                check_class_paths(value, where)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            check_class_paths(value, where)
 
 
 def build(spec: Any, base: type, where: str, *args: Any) -> Any:

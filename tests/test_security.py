@@ -121,3 +121,27 @@ def test_export_load_builds_only_user_models(trained, tmp_path, spec, error):
     with pytest.raises((TypeError, ValueError), match=error):
         load(directory)
     assert not marker.exists()
+
+
+def test_cli_evaluation_of_a_checkpoint_naming_unimported_classes_is_refused(trained, tmp_path, monkeypatch):
+    """Lightning reads a checkpoint's hyperparameters into the CLI config, which would import and
+    build the classes they name: only plrlhf methods and already imported modules are allowed."""
+    import sys
+
+    from plrlhf.cli import main
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    _, _, checkpoint = trained
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cases = {
+        "method": ("_class_path", "this_module_is_not_imported.Method"),
+        "nested": ("loss", {"class_path": "another_unimported_module.Loss", "init_args": {}}),
+    }
+    for name, (key, value) in cases.items():
+        hostile = dict(state, hyper_parameters={**state["hyper_parameters"], key: value})
+        torch.save(hostile, tmp_path / f"{name}.ckpt")
+        args = ["test", "--config", "configs/quickstart.yaml", "--trainer.logger", "false"]
+        with pytest.raises(ValueError, match="not in a module imported so far"):
+            main([*args, "--ckpt_path", str(tmp_path / f"{name}.ckpt")])
+    assert "this_module_is_not_imported" not in sys.modules and "another_unimported_module" not in sys.modules
