@@ -282,7 +282,8 @@ def main() -> None:
                 )
     for shape in args.shapes:
         median = {c: statistics.median(results[(shape, c)]["times"]) for c in args.configs}
-        trl_best = min(v for c, v in median.items() if c.startswith("trl"))
+        trl_times = [v for c, v in median.items() if c.startswith("trl")]
+        trl_best = min(trl_times) if trl_times else None  # (a run of plrlhf's configurations only)
         floor = median.get("floor")
         prompt, response = SHAPES[shape]
         print(f"\n### {shape}: prompt {prompt}, responses {response} tokens, {BATCH} pairs/step\n")
@@ -290,8 +291,9 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for c in args.configs:
             vs_floor = f"{median[c] / floor:.2f}" if floor else ""
+            vs_trl = f"{trl_best / median[c]:.2f}x" if trl_best else ""
             print(
-                f"| {c} | {median[c] * 1000:.0f} | {BATCH / median[c]:.1f} | {trl_best / median[c]:.2f}x | "
+                f"| {c} | {median[c] * 1000:.0f} | {BATCH / median[c]:.1f} | {vs_trl} | "
                 f"{vs_floor} | {results[(shape, c)]['peak_mib']:.0f} |"
             )
 
