@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
@@ -39,12 +40,41 @@ def _length_layout(model: Any) -> str:
     return "shared_prompt" if init_args is not None and init_args.get("shared_prompt") else "pair"
 
 
+def model_options(argv: list[str]) -> dict[str, Any]:
+    """The ``--model.<path> <value>`` (or ``=value``) options of a command line, as a nested dict
+    (values read as YAML, as jsonargparse reads them)."""
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--model.") or token == "--model":
+            if "=" in token:
+                key, value = token[2:].split("=", 1)
+            elif i + 1 < len(argv):
+                key, value = token[2:], argv[i + 1]
+                i += 1
+            else:
+                break
+            node = options
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value)
+        i += 1
+    return options
+
+
 class PlrlhfCLI(LightningCLI):
     """LightningCLI with the links that keep the YAML free of derived values.
 
     The tokenizer directory and the number of users are properties of the data; they are linked
     into the method's shared base arguments, so any method and any data module subclass compose.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        self._argv = list(given) if given is not None else sys.argv[1:]
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
@@ -103,6 +133,12 @@ class PlrlhfCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+            # What the command line says about the model wins over the checkpoint (e.g. predict's
+            # --model.init_args.generation): Lightning would let the checkpoint's values replace it.
+            explicit = model_options(self._argv).get("model")
+            if isinstance(explicit, dict):
+                explicit.setdefault("class_path", self.config[subcommand].model.class_path)
+                self.config = self.parser.parse_object({subcommand: {"model": explicit}}, self.config)
         except SystemExit:
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise

@@ -93,3 +93,19 @@ def test_ckpt_path_last_without_a_last_checkpoint_is_a_clear_error(trained, tmp_
     config.write_text((run / "config.yaml").read_text())
     with pytest.raises(SystemExit, match="--ckpt_path last found no checkpoint"):
         main(["test", "--config", str(config), "--ckpt_path", "last"])
+
+
+def test_command_line_model_options_win_over_the_checkpoint(trained, tmp_path, monkeypatch):
+    """Lightning reads the checkpoint's hyperparameters into the config after the command line;
+    an option the user typed (here the generation settings) must not be replaced by them."""
+    run, _ = trained
+    monkeypatch.chdir(tmp_path)
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"user_id": "user_0", "prompt": "Summarize the note.\nNote: Ana ran.\nSummary:"}] * 3,
+    )
+    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", "last", "--data.init_args.predict", str(prompts),
+          "--model.init_args.generation", '{"max_new_tokens": 3, "do_sample": false}',
+          "--prediction_writer.filename", "short.jsonl"])  # fmt: skip
+    rows = [json.loads(line) for line in (run / "predict" / "short.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["response_tokens"] <= 3 for r in rows)
