@@ -59,6 +59,17 @@ def fixture_data(experiment, directory):
             source / "harmless.test.jsonl.gz", [fixtures.hh_row(i, "harmless", 0) for i in range(20, 40)]
         )
         build_hh_relabeled(source, out)
+    elif experiment == "hh-length-smollm2":
+        from plrlhf.builders.hh_length import build_hh_length
+
+        source = directory / "hh"
+        source.mkdir()
+        rows = [fixtures.hh_row(i, "helpful", 0) for i in range(60)]
+        for i, row in enumerate(rows):  # one response clearly longer than the other
+            row["responses"] = [f"Answer {i}.", f"A much longer answer, number {i}, with many more words."]
+        fixtures.write_gz(source / "helpful.test.jsonl.gz", rows[:30])
+        fixtures.write_gz(source / "harmless.test.jsonl.gz", rows[30:])
+        build_hh_length(source, out, users=4, unseen_users=2)
     else:
         return []
     return [f"--data.init_args.{split}={out / f'{split}.jsonl'}" for split in ("train", "validation", "test")]
