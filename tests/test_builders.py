@@ -114,6 +114,7 @@ def tldr_rows():
         + [comparison("w_third", "train", " x", " yy")]
         + [
             comparison("w_top", "valid1", " a", " bbb"),
+            comparison("w_third", "valid1", " gg", " h"),
             comparison("w_top", "valid2", " cc", " d"),
             comparison("w_third", "valid2", " e", " ffff"),
         ]
@@ -137,16 +138,20 @@ def test_tldr_length(tmp_path):
 
     path = write_tldr_source(tmp_path)
     report = build_tldr_length(path, tmp_path / "out", users=2, longer_share=1.0, seed=0)
+    # counted by hand: w_third (third by train comparisons) is not among the top 2, so its one
+    # train comparison is dropped and counted; its valid1 and valid2 rows stay, as unseen
     assert report["dropped"] == {
         "identical summaries": 1,
         "equal lengths": 1,
         "not both supervised policies": 2,
+        "train comparison of a worker outside the top K": 1,
     }
     train = read(tmp_path / "out/train.jsonl")
     assert {r["user_id"] for r in train} == {"w_top", "w_second"}  # top 2 by train comparisons
     assert all(len(r["chosen"]) > len(r["rejected"]) for r in train)  # everyone prefers longer here
     assert train[0]["prompt"] == "SUBREDDIT: r/tifu\nTITLE: A title\nPOST: My post.\nTL;DR:"
-    assert [r["user_id"] for r in read(tmp_path / "out/validation.jsonl")] == ["w_top"]
+    assert sorted(r["user_id"] for r in read(tmp_path / "out/validation.jsonl")) == ["w_third", "w_top"]
+    assert len(train) == 5  # w_top 3, w_second 2
     assert sorted(r["user_id"] for r in read(tmp_path / "out/test.jsonl")) == [
         "w_third",
         "w_top",
@@ -184,7 +189,7 @@ def test_psoups(tmp_path):
     from plrlhf.builders.psoups import PROFILES, build_psoups
 
     source = write_psoups_source(tmp_path)
-    report = build_psoups(source, tmp_path / "out", fractions=(0.8, 0.1, 0.1))
+    report = build_psoups(source, tmp_path / "out")
     assert report["dropped"] == {
         "duplicate within profile": 6,
         "identical completions": 6,
@@ -196,7 +201,29 @@ def test_psoups(tmp_path):
     assert {r["prompt"] for r in rows if r["user_id"] == "P2A" and "topic 3." in r["prompt"]} == {
         "Explain topic 3."
     }
-    assert [len(read(tmp_path / f"out/{s}.jsonl")) for s in ("train", "validation", "test")] == [102, 12, 12]
+    # one seeded split over all 126 pairs: test ceil(0.1 * 126) = 13, validation int(0.05 * 113) = 5
+    sizes = [len(read(tmp_path / f"out/{s}.jsonl")) for s in ("train", "validation", "test")]
+    assert sizes == [108, 5, 13]
+    # the split is over all pairs, not per profile: profiles need not be split 90/10 each
+    test = read(tmp_path / "out/test.jsonl")
+    assert {r["user_id"] for r in test} <= set(PROFILES)
+    per_profile = [sum(r["user_id"] == p for r in test) for p in PROFILES]
+    assert sum(per_profile) == 13 and per_profile != [2] * 6
+
+
+def test_psoups_small_input_never_gives_a_silently_empty_split(tmp_path):
+    from plrlhf.builders.psoups import PROFILES, build_psoups
+
+    source = tmp_path / "tiny"
+    source.mkdir()
+    for profile in PROFILES:  # two pairs per profile: 12 pairs, test ceil(1.2) = 2, validation 0
+        records = [
+            {"user_input": f"q {i}", "completion_a": f"a {i}", "completion_b": f"b {i}"} for i in range(2)
+        ]
+        (source / f"{profile}.json").write_text(json.dumps(records))
+    with pytest.warns(UserWarning, match="the validation split came out empty"):
+        report = build_psoups(source, tmp_path / "out")
+    assert sum(report["test"].values()) == 2 and sum(report["train"].values()) == 10
 
 
 # -- PRISM --------------------------------------------------------------------------------------
@@ -291,6 +318,15 @@ def test_prism(tmp_path):
     assert train_users == set(order[:9]) - {"user_lonely"}
     conversations_of = lambda split: {r["conversation_id"] for r in splits[split]}  # noqa: E731
     assert not (conversations_of("train") & conversations_of("test"))
+    # each seen user's own dialogues: int(0.9 * 3) = 2 train (+ validation), 1 test; user1 has a
+    # fourth (with an empty reply): int(0.9 * 4) = 3 and 1
+    for user in train_users:
+        test_dialogues = {r["conversation_id"] for r in splits["test"] if r["user_id"] == user}
+        kept = {
+            r["conversation_id"] for s in ("train", "validation") for r in splits[s] if r["user_id"] == user
+        }
+        assert len(test_dialogues) == 1, user
+        assert len(kept) == (3 if user == "user1" else 2), user
     # the builder's conversational records go through the data module's chat rendering
     from plrlhf import PreferenceDataModule
     from tests.conftest import TOKENIZER

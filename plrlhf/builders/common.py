@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ def write_splits(
     out = Path(out_dir)
     report: dict[str, Counter] = {"dropped": dropped}
     for split, rows in splits.items():
+        if not rows:
+            warnings.warn(f"the {split} split came out empty ({out / f'{split}.jsonl'})", stacklevel=2)
         atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         report[split] = Counter(str(row["user_id"]) for row in rows)
     return report

@@ -90,8 +90,9 @@ def build_prism(
         source: directory with ``conversations.jsonl`` and ``survey.jsonl``.
         out: output directory.
         seen_share: share of users seen in training.
-        train_share: share of a seen user's dialogues for training.
-        validation_share: share of the training dialogues held out for validation.
+        train_share: share of each seen user's dialogues for training (``int(share * n)``; the
+            rest of that user's dialogues go to test).
+        validation_share: share of all training dialogues held out for validation.
         seed: seed of the user and dialogue splits.
         with_user_text: prepend the users' own survey text to their prompts.
     """
@@ -121,12 +122,18 @@ def build_prism(
     users = sorted(by_user)
     rng.shuffle(users)
     n_seen = int(seen_share * len(users))
+    # The recipe: seen users with a single dialogue move to unseen (all their dialogues to test).
     seen = [u for u in users[:n_seen] if len(by_user[u]) > 1]
     unseen = [u for u in users if u not in set(seen)]
-    conversations = [c for u in seen for c in by_user[u]]
-    rng.shuffle(conversations)
-    n_train = int(train_share * len(conversations))
-    train_part, test_part = conversations[:n_train], conversations[n_train:]
+    train_part, test_part = [], []
+    for user in seen:  # each seen user's own dialogues: int(train_share * n) to train, the rest to test
+        dialogues = list(by_user[user])
+        rng.shuffle(dialogues)
+        n_train = int(train_share * len(dialogues))
+        train_part += dialogues[:n_train]
+        test_part += dialogues[n_train:]
+    # Validation (not in the recipe): a seeded share of all training dialogues.
+    rng.shuffle(train_part)
     n_val = int(validation_share * len(train_part))
     splits = {
         "train": [t for c in train_part[n_val:] for t in c],

@@ -10,6 +10,7 @@ stays in both. Seeded split of each profile's triples.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -43,7 +44,8 @@ def strip_instruction(text: str, instruction: str) -> str | None:
 def build_psoups(
     source: str,
     out: str = "data/psoups",
-    fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+    test_share: float = 0.1,
+    validation_share: float = 0.05,
     seed: int = 123,
     profiles: dict[str, str] | None = None,
 ) -> dict[str, Counter]:
@@ -54,16 +56,17 @@ def build_psoups(
     Args:
         source: directory with ``P1A.json`` .. ``P3B.json``.
         out: output directory.
-        fractions: train/validation/test shares of each profile's pairs.
+        test_share: share of all pairs (every profile together) for test, as the recipe's one
+            seeded 90/10 split.
+        validation_share: share of the remaining pairs held out for validation (not in the recipe).
         seed: seed of the split.
         profiles: profile name -> the instruction appended to its prompts (default: the six).
     """
     profiles = profiles or PROFILES
     dropped: Counter = Counter()
-    splits: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
+    rows: list[dict[str, Any]] = []
     for profile, instruction in profiles.items():
         seen: set[tuple[str, str, str]] = set()
-        rows = []
         for located in read_records(Path(source) / f"{profile}.json"):
             record, where = located.record, located.where
             try:
@@ -90,9 +93,9 @@ def build_psoups(
                     "rejected": key[2],
                 }
             )
-        random.Random(f"{seed}-{profile}").shuffle(rows)
-        n_train, n_val = round(fractions[0] * len(rows)), round(fractions[1] * len(rows))
-        splits["train"] += rows[:n_train]
-        splits["validation"] += rows[n_train : n_train + n_val]
-        splits["test"] += rows[n_train + n_val :]
+    random.Random(seed).shuffle(rows)
+    n_test = math.ceil(test_share * len(rows))  # as datasets' train_test_split rounds the test part
+    rest, test = rows[: len(rows) - n_test], rows[len(rows) - n_test :]
+    n_val = int(validation_share * len(rest))
+    splits = {"train": rest[n_val:], "validation": rest[:n_val], "test": test}
     return write_splits(out, splits, dropped)

@@ -8,9 +8,9 @@ order with a seeded generator: the longer summary (in characters) with probabili
 summaries or equal lengths are dropped and counted (the official code keeps equal lengths with a
 contradictory label).
 
-Splits: ``train`` = train comparisons of the seen users; ``validation`` = their ``valid1``
-comparisons; ``test`` = ``valid2`` comparisons of all workers, so the others appear as unseen
-users.
+Splits: ``train`` = train comparisons of the seen users; ``validation`` = ``valid1`` and
+``test`` = ``valid2`` comparisons of all workers, so the others appear as unseen users there. The
+train comparisons of the other workers are dropped and counted (every drop is reported).
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def build_tldr_length(
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
     for record in kept:
         worker, split = record["worker"], SPLITS[record["split"]]
-        if worker not in seen and split != "test":
+        if worker not in seen and split == "train":
+            # the recipe: users outside the top K are the generic user, in evaluation only
+            dropped["train comparison of a worker outside the top K"] += 1
             continue
         longer, shorter = sorted((s["text"] for s in record["summaries"]), key=len, reverse=True)
         chosen, rejected = (longer, shorter) if prefers_longer[worker] else (shorter, longer)
