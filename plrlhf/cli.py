@@ -169,15 +169,17 @@ class PlrlhfCLI(LightningCLI):
         init_args = getattr(logger, "init_args", None)
         if init_args is None:
             return
+        if run is not None and hasattr(init_args, "save_dir"):
+            # The evaluated run's own directory (the config's logger paths may be relative to
+            # another working directory): logs go below it.
+            init_args.save_dir, init_args.version = str(run), self.subcommand
+            if hasattr(init_args, "name"):
+                init_args.name = ""
+            return
         version = getattr(init_args, "version", None)
         if version not in (None, ""):
             name = f"version_{version}" if isinstance(version, int) else version  # as the loggers name it
             init_args.version = f"{name}/{self.subcommand}"
-        elif run is not None and hasattr(init_args, "save_dir"):
-            # No fixed version (a new version_<n> each time): log below the run being evaluated.
-            init_args.save_dir, init_args.version = str(run), self.subcommand
-            if hasattr(init_args, "name"):
-                init_args.name = ""
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -190,18 +192,19 @@ EVALUATIONS = ("validate", "test", "predict")
 
 
 def run_directory(config: Any) -> Path | None:
-    """The training run a ``validate/test/predict`` config belongs to: the logger's fixed version
-    directory, else the directory of a ``--config <run>/config.yaml`` saved by ``fit``."""
+    """The training run a ``validate/test/predict`` config belongs to: the directory of a
+    ``--config <run>/config.yaml`` saved by ``fit`` (wherever the command runs from), else the
+    logger's fixed version directory."""
+    for path in reversed(config.get("config") or []):
+        path = Path(str(path))
+        if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
+            return path.parent
     init_args = getattr(config.trainer.logger, "init_args", None)
     version = getattr(init_args, "version", None)
     if version not in (None, "") and getattr(init_args, "save_dir", None) is not None:
         name = getattr(init_args, "name", None) or ""
         version = f"version_{version}" if isinstance(version, int) else str(version)
         return Path(init_args.save_dir) / name / version
-    for path in reversed(config.get("config") or []):
-        path = Path(str(path))
-        if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
-            return path.parent
     return None
 
 

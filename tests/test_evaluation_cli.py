@@ -109,3 +109,38 @@ def test_command_line_model_options_win_over_the_checkpoint(trained, tmp_path, m
           "--prediction_writer.filename", "short.jsonl"])  # fmt: skip
     rows = [json.loads(line) for line in (run / "predict" / "short.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["response_tokens"] <= 3 for r in rows)
+
+
+def test_a_run_is_evaluated_from_any_working_directory(tmp_path, monkeypatch):
+    """A run logged to a relative directory, evaluated from elsewhere with its config.yaml."""
+    made = tmp_path / "project"
+    made.mkdir()
+    monkeypatch.chdir(made)
+    rows = [r for r in synthetic_rows("train") if r["user_id"] in ("user_0", "user_4")][:16]
+    data = write_jsonl(made / "t.jsonl", rows)
+    main(
+        [
+            "fit",
+            *(
+                "--config",
+                str(CONFIGS / "trainer/cpu.yaml"),
+                "--config",
+                str(CONFIGS / "data/synthetic.yaml"),
+            ),
+            *(
+                "--config",
+                str(CONFIGS / "method/dpo.yaml"),
+                "--config",
+                str(CONFIGS / "model/tiny-llama.yaml"),
+            ),
+            *("--data.init_args.train", str(data), "--data.init_args.validation", "null"),
+            *("--data.init_args.test", str(data), "--trainer.max_steps", "1"),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs"),
+            *("--trainer.logger.name", "", "--trainer.logger.version", "mine"),
+        ]
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    main(["test", "--config", str(made / "runs/mine/config.yaml"), "--ckpt_path", "last"])
+    assert (made / "runs/mine/test/test_metrics.json").is_file() and not list(elsewhere.iterdir())
