@@ -2,7 +2,9 @@
 
 ``stop``: the run saves the last good state and raises. The weights that produced the non-finite
 loss are not good (the update before diverged them), so the state from *before* the last update is
-kept (a CPU copy of the trainable parameters and the optimizer state, taken before every update)
+kept (a CPU copy of the trainable parameters, but for row-wise sparse user tables, and of the
+optimizer state, taken before every update: cheap with LoRA, one copy of the weights per step in
+full fine-tuning; use ``skip`` where that is too much)
 and written to ``<log dir>/checkpoints/nonfinite-last-good.ckpt``; it is checked on the failing
 batch first. ``skip``: the batch is left out (its loss still logged, as NaN/inf, never the
 previous step's); after ``max_consecutive_skips`` skips in a row the run stops.
@@ -16,7 +18,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 NONFINITE_CHECKPOINT = "nonfinite-last-good.ckpt"
@@ -43,11 +45,14 @@ class NonFiniteGuard:
     def before_update(self, module: LightningModule, optimizer: torch.optim.Optimizer) -> None:
         """Called before each optimizer step (``on_before_optimizer_step``)."""
         if self.mode == "stop":
+            # Row-wise (sparse) tables are left out: a copy would cost O(users) every step (a
+            # million users' rows), and their own optimizer changes only the batch's rows.
+            sparse = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse}
             self._before_update = {
                 "parameters": {
                     n: p.detach().to("cpu", copy=True)
                     for n, p in module.named_parameters()
-                    if p.requires_grad
+                    if p.requires_grad and id(p) not in sparse
                 },
                 "optimizer": _cpu_copy(optimizer.state_dict()),
             }
