@@ -98,3 +98,17 @@ def quiet_trainer(root, **kwargs):
         accelerator="cpu",
     )
     return Trainer(**{**defaults, **kwargs})
+
+
+def fit_args(method: str, train, test, steps: int, *extra: str) -> list[str]:
+    """``plrlhf fit`` of a shipped method config on the tiny Llama and the CPU preset, with these
+    files (no validation) and ``steps`` optimizer steps."""
+    configs = ROOT / "configs"
+    files = ("trainer/cpu.yaml", "data/synthetic.yaml", f"method/{method}.yaml", "model/tiny-llama.yaml")
+    return [
+        "fit",
+        *(a for f in files for a in ("--config", str(configs / f))),
+        *("--data.init_args.train", str(train), "--data.init_args.validation", "null"),
+        *("--data.init_args.test", str(test), "--trainer.max_steps", str(steps)),
+        *extra,
+    ]

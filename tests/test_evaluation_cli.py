@@ -6,7 +6,7 @@ import json
 import pytest
 
 from plrlhf.cli import main
-from tests.conftest import ROOT, synthetic_rows, write_jsonl
+from tests.conftest import ROOT, fit_args, synthetic_rows, write_jsonl
 
 CONFIGS = ROOT / "configs"
 
@@ -21,21 +21,18 @@ def trained(tmp_path_factory):
     )
     test = write_jsonl(tmp / "test.jsonl", [r for r in synthetic_rows("test") if r["user_id"] in users][:24])
     main(
-        [
-            "fit",
-            *(
-                "--config",
-                str(CONFIGS / "trainer/cpu.yaml"),
-                "--config",
-                str(CONFIGS / "data/synthetic.yaml"),
-            ),
-            *("--config", str(CONFIGS / "method/individual_pdpo.yaml")),
-            *("--config", str(CONFIGS / "model/tiny-llama.yaml")),
-            *("--data.init_args.train", str(train), "--data.init_args.validation", "null"),
-            *("--data.init_args.test", str(test), "--trainer.max_steps", "6"),
-            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
-            *("--trainer.logger.save_dir", str(tmp), "--trainer.logger.name", "run"),
-        ]
+        fit_args(
+            "individual_pdpo",
+            train,
+            test,
+            6,
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(tmp),
+            "--trainer.logger.name",
+            "run",
+        )  # fmt: skip
     )
     run = tmp / "run" / "version_0"
     assert (run / "checkpoints").is_dir() and (run / "config.yaml").is_file()
@@ -104,7 +101,8 @@ def test_command_line_model_options_win_over_the_checkpoint(trained, tmp_path, m
         tmp_path / "p.jsonl",
         [{"user_id": "user_0", "prompt": "Summarize the note.\nNote: Ana ran.\nSummary:"}] * 3,
     )
-    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", "last", "--data.init_args.predict", str(prompts),
+    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", "last",
+          "--data.init_args.predict", str(prompts),
           "--model.init_args.generation", '{"max_new_tokens": 3, "do_sample": false}',
           "--prediction_writer.filename", "short.jsonl"])  # fmt: skip
     rows = [json.loads(line) for line in (run / "predict" / "short.jsonl").read_text().splitlines()]
@@ -119,25 +117,20 @@ def test_a_run_is_evaluated_from_any_working_directory(tmp_path, monkeypatch):
     rows = [r for r in synthetic_rows("train") if r["user_id"] in ("user_0", "user_4")][:16]
     data = write_jsonl(made / "t.jsonl", rows)
     main(
-        [
-            "fit",
-            *(
-                "--config",
-                str(CONFIGS / "trainer/cpu.yaml"),
-                "--config",
-                str(CONFIGS / "data/synthetic.yaml"),
-            ),
-            *(
-                "--config",
-                str(CONFIGS / "method/dpo.yaml"),
-                "--config",
-                str(CONFIGS / "model/tiny-llama.yaml"),
-            ),
-            *("--data.init_args.train", str(data), "--data.init_args.validation", "null"),
-            *("--data.init_args.test", str(data), "--trainer.max_steps", "1"),
-            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs"),
-            *("--trainer.logger.name", "", "--trainer.logger.version", "mine"),
-        ]
+        fit_args(
+            "dpo",
+            data,
+            data,
+            1,
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            "runs",
+            "--trainer.logger.name",
+            "",
+            "--trainer.logger.version",
+            "mine",
+        )  # fmt: skip
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -8,7 +8,7 @@ import pytest
 
 from plrlhf import __version__
 from plrlhf.cli import COMMANDS, main
-from tests.conftest import ROOT, synthetic_rows, write_jsonl
+from tests.conftest import ROOT, fit_args, synthetic_rows, write_jsonl
 
 CONFIGS = ROOT / "configs"
 
@@ -47,26 +47,7 @@ def run_with_default_logger(tmp_path_factory):
     test = write_jsonl(tmp / "test.jsonl", [r for r in synthetic_rows("test") if r["user_id"] in users][:16])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        main(
-            [
-                "fit",
-                *(
-                    "--config",
-                    str(CONFIGS / "trainer/cpu.yaml"),
-                    "--config",
-                    str(CONFIGS / "data/synthetic.yaml"),
-                ),
-                *(
-                    "--config",
-                    str(CONFIGS / "method/dpo.yaml"),
-                    "--config",
-                    str(CONFIGS / "model/tiny-llama.yaml"),
-                ),
-                *("--data.init_args.train", str(train), "--data.init_args.validation", "null"),
-                *("--data.init_args.test", str(test), "--trainer.max_steps", "2"),
-                *("--trainer.default_root_dir", str(tmp)),
-            ]
-        )
+        main(fit_args("dpo", train, test, 2, "--trainer.default_root_dir", str(tmp)))
     (run,) = (tmp / "lightning_logs").iterdir()
     return run, [str(w.message) for w in caught]
 

@@ -11,16 +11,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from plrlhf.objective import VALUES
+
 # Names under which the DPO-standard values are logged, ``<stage>/<name>``.
-SCALARS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracy",
-    "logps/chosen",
-    "logps/rejected",
-)
+SCALARS = VALUES
 
 
 class KeyedMean(Metric):
