@@ -39,7 +39,7 @@ def test_smollm2_personalizes_end_to_end(tmp_path, monkeypatch):
         *("--data.init_args.test", "data/test.jsonl", "--trainer.max_steps", "2"),
         *("--trainer.limit_test_batches", "1", "--trainer.limit_predict_batches", "1"),
         *("--trainer.logger.init_args.save_dir", "runs", "--trainer.logger.init_args.version", "smoke"),
-        *("--model.init_args.reference_cache_dir", "null"),
+        *("--model.init_args.reference_cache_dir", "null", "--trainer.val_check_interval", "null"),
     ]
     main(fit)
     run = tmp_path / "runs" / "smoke"
