@@ -147,3 +147,38 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, in_
     resumed = fit(resume_override, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(clean_run, crash_run)
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_saves_on_every_rank_exits_143_and_resumes_exactly(tmp_path, in_repo):
+    """Two CPU processes (DDP, gloo), each sent SIGTERM: one decision, one checkpoint, exit 143."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+
+    def fit(override, *extra):
+        cmd = [sys.executable, "-m", "plrlhf.cli", *args("dpo", override, *ddp, *extra)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+    clean_run, clean_override = run_config(tmp_path, "clean")
+    assert fit(clean_override).returncode == 0
+    stopped_run, stopped_override = run_config(tmp_path, "stopped", fault=("SigtermAtStep", 3))
+    stopped = fit(stopped_override)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert torch.load(stopped_run / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 4
+    _, resume_override = run_config(tmp_path, "stopped")
+    assert fit(resume_override, "--ckpt_path", "last").returncode == 0
+
+    def by_step(run):  # both ranks append to one file: the step's triples and losses of the two
+        rows = [json.loads(line) for line in (run / "batches.jsonl").read_text().splitlines()]
+        steps = {}
+        for row in rows:
+            entry = steps.setdefault(row["step"], ([], []))
+            entry[0].extend(row["indices"])
+            entry[1].append(round(row["loss"], 5))
+        return {step: (sorted(ids), sorted(losses)) for step, (ids, losses) in steps.items()}
+
+    clean, resumed = by_step(clean_run), by_step(stopped_run)
+    assert sorted(resumed) == sorted(clean) == list(range(1, 7))  # 2 epochs of 3 global batches
+    for step in clean:  # the same triples on the two ranks together, the same losses
+        assert resumed[step][0] == clean[step][0], step
+        assert resumed[step][1] == pytest.approx(clean[step][1], abs=1e-4), step

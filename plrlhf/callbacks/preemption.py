@@ -4,13 +4,13 @@ and a non-zero exit status, so neither the work nor the failure is lost."""
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 def last_checkpoint_path(trainer: Trainer) -> Path:
@@ -23,13 +23,18 @@ def last_checkpoint_path(trainer: Trainer) -> Path:
     return Path(directory) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 
 
-class SaveOnSigterm(Callback):
-    """On SIGTERM, Lightning stops training after the current batch (on every process) and exits
-    with status 0. This callback saves the state at the end of that batch as ``last.ckpt`` (the
-    point a periodic checkpoint is taken, so ``--ckpt_path last`` resumes exactly) and makes the
-    exit status ``128 + SIGTERM`` (143), as a process killed by the signal would have. A signal
-    that lands during validation is saved when Lightning stops (the resumed run validates again).
-    The ``plrlhf`` CLI always adds it."""
+class SaveOnSigterm(Checkpoint):
+    """A SIGTERM (what schedulers send before they kill a job) stops training at the end of the
+    batch in progress, on every process: the state there is saved as ``last.ckpt`` (the point a
+    periodic checkpoint is taken, so ``--ckpt_path last`` resumes exactly) and the processes exit
+    with status ``128 + SIGTERM`` (143), as a process killed by the signal would have.
+
+    Lightning's own handler exits with status 0 without saving and, under DDP, runs a collective
+    inside the signal handler; this callback replaces it while training: the handler only records
+    the signal, and the processes decide together (one all-reduce) at the end of each batch.
+    A ``Checkpoint`` callback, so that Lightning runs it after the others at the end of a batch.
+    The ``plrlhf`` CLI always adds it.
+    """
 
     def __init__(self, exit_code: int = 128 + signal.SIGTERM) -> None:
         """
@@ -37,24 +42,35 @@ class SaveOnSigterm(Callback):
             exit_code: the process's exit status after a SIGTERM.
         """
         self.exit_code = exit_code
-        self._saved_at: int | None = None
+        self._received = False
+        self._previous: Any = None
 
-    def _save(self, trainer: Trainer) -> None:
-        path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)  # every process takes part (sharded states gather)
-        self._saved_at = trainer.global_step
-        rank_zero_info(f"SIGTERM: saved a resumable checkpoint to {path} (resume with --ckpt_path last)")
+    def _record(self, signum: int, frame: Any) -> None:
+        self._received = True
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._received = False
+            self._previous = signal.signal(signal.SIGTERM, self._record)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
-        received = bool(getattr(trainer, "received_sigterm", False))
+        received = self._received
         if trainer.world_size > 1:  # decided together: saving is collective
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
-        if received and self._saved_at != trainer.global_step:
-            self._save(trainer)
+        if not received:
+            return
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)  # every process takes part (sharded states gather)
+        rank_zero_info(f"SIGTERM: saved a resumable checkpoint to {path} (resume with --ckpt_path last)")
+        raise SystemExit(self.exit_code)
+
+    def _restore(self) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException):
-            return
-        if trainer.state.fn == TrainerFn.FITTING and self._saved_at != trainer.global_step:
-            self._save(trainer)
-        exception.code = self.exit_code
+        self._restore()
