@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -23,7 +23,7 @@ def last_checkpoint_path(trainer: Trainer) -> Path:
     return Path(directory) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 
 
-class SaveOnSigterm(Checkpoint):
+class SaveOnSigterm(Callback):
     """A SIGTERM (what schedulers send before they kill a job) stops training at the end of the
     batch in progress, on every process: the state there is saved as ``last.ckpt`` (the point a
     periodic checkpoint is taken, so ``--ckpt_path last`` resumes exactly) and the processes exit
@@ -32,8 +32,8 @@ class SaveOnSigterm(Checkpoint):
     Lightning's own handler exits with status 0 without saving and, under DDP, runs a collective
     inside the signal handler; this callback replaces it while training: the handler only records
     the signal, and the processes decide together (one all-reduce) at the end of each batch.
-    A ``Checkpoint`` callback, so that Lightning runs it after the others at the end of a batch.
-    The ``plrlhf`` CLI always adds it.
+    Put it after your other callbacks (the CLI adds it after the configured ones): it ends the
+    batch's callbacks. The ``plrlhf`` CLI always adds it.
     """
 
     def __init__(self, exit_code: int = 128 + signal.SIGTERM) -> None:
