@@ -14,7 +14,6 @@ command line: ``plrlhf adapt --checkpoint ... --train new_users.jsonl [--test ..
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import random
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer, seed_everything
@@ -187,9 +187,10 @@ def adapt_users(
         seed=seed,
     )
     datamodule.setup("fit")
-    kept = [t for t in datamodule.datasets["train"] if t.user_id != 0]
-    dropped = len(datamodule.datasets["train"]) - len(kept)
-    datamodule.datasets["train"] = [dataclasses.replace(t, index=i) for i, t in enumerate(kept)]
+    everyone = datamodule.datasets["train"]
+    kept = everyone.select(np.flatnonzero(everyone.user_id_array() != 0))
+    dropped = len(everyone) - len(kept)
+    datamodule.datasets["train"] = kept
     rank_zero_info(
         f"adapt: {len(new_users)} new users, {len(kept)} training triples"
         + (f" ({dropped} of already trained users left out)" if dropped else "")

@@ -144,6 +144,8 @@ class PlrlhfCLI(LightningCLI):
             raise
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand is not None:
+            limit_records_for_fast_dev_run(self.config[self.subcommand])
         if self.subcommand in (None, "fit"):
             return
         config = self.config[self.subcommand]
@@ -189,6 +191,20 @@ class PlrlhfCLI(LightningCLI):
 
 
 EVALUATIONS = ("validate", "test", "predict")
+
+
+def limit_records_for_fast_dev_run(config: Any) -> None:
+    """Under ``fast_dev_run`` read only the records its batches use, not whole large splits: a
+    smoke run of a million-triple file starts in seconds."""
+    runs = config.trainer.get("fast_dev_run")
+    data = getattr(config.get("data"), "init_args", None)
+    if not runs or data is None or not hasattr(data, "max_records") or data.max_records is not None:
+        return
+    batches = 1 if runs is True else int(runs)
+    devices = config.trainer.get("devices")
+    processes = devices if isinstance(devices, int) and devices > 0 else 1
+    per_batch = max(data.batch_size, data.eval_batch_size or data.batch_size)
+    data.max_records = batches * per_batch * processes
 
 
 def run_directory(config: Any) -> Path | None:

@@ -51,6 +51,21 @@ TINY_MODELS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _encoded_cache(tmp_path_factory):
+    """Encoded splits of the tests go to a directory of this session, not the user's cache."""
+    import os
+
+    directory = tmp_path_factory.mktemp("encoded-cache")
+    previous = os.environ.get("PLRLHF_CACHE")
+    os.environ["PLRLHF_CACHE"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["PLRLHF_CACHE"]
+    else:
+        os.environ["PLRLHF_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

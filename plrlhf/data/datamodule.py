@@ -1,26 +1,39 @@
-"""``PreferenceDataModule``: personalized preference triples from JSON lines / JSON files."""
+"""``PreferenceDataModule``: personalized preference triples from files and Hugging Face datasets."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from plrlhf.data.collate import EncodedPrompt, EncodedTriple, PreferenceCollator, PromptCollator
-from plrlhf.data.encoding import Fields, SplitStats, encode_prompts, encode_records
+from plrlhf.data import tables
+from plrlhf.data.cache import (
+    EncodedEntry,
+    default_cache_dir,
+    entry_key,
+    load_entry,
+    tokenizer_digest,
+    write_entry,
+)
+from plrlhf.data.collate import EncodedPrompt, PreferenceCollator, PromptCollator
+from plrlhf.data.dataset import EncodedSplit
+from plrlhf.data.encoding import Fields, SplitStats, encode_prompts, encode_stream
 from plrlhf.data.registry import GENERIC_NAME, UserRegistry
 from plrlhf.data.sampler import ResumableDataLoader, TrainingSampler, global_batches
 from plrlhf.data.sources import DataError, read_records
+from plrlhf.data.tables import HubDataset
 from plrlhf.tokenizer import load_tokenizer
 
-Paths = str | list[str] | None
+Source = str | HubDataset
+Paths = Source | list[Source] | None
 Split = Literal["train", "validation", "test", "predict"]
 _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
     "fit": ("train", "validation"),
@@ -31,10 +44,26 @@ _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
 REGISTRY_FILE = "users.json"
 
 
-def _as_list(paths: Paths) -> list[str]:
+def _as_list(paths: Paths) -> list[Any]:
+    """Sources as a list; a ``{name, subset, split}`` dict (a checkpoint's record of a
+    :class:`HubDataset`) becomes one again. A ``datasets.Dataset`` passes as it is."""
     if paths is None:
         return []
-    return [paths] if isinstance(paths, str) else list(paths)
+    items = list(paths) if isinstance(paths, (list, tuple)) else [paths]
+    return [HubDataset(**item) if isinstance(item, dict) else item for item in items]
+
+
+def _as_plain(paths: Paths) -> Any:
+    """Sources as data a checkpoint can hold (loaded with ``weights_only``)."""
+    plain = [
+        vars(item).copy()
+        if isinstance(item, HubDataset)
+        else item
+        if isinstance(item, str)
+        else tables.describe(item)
+        for item in _as_list(paths)
+    ]
+    return plain if isinstance(paths, (list, tuple)) else (plain[0] if plain else None)
 
 
 class PreferenceDataModule(LightningDataModule):
@@ -71,14 +100,20 @@ class PreferenceDataModule(LightningDataModule):
         length_layout: Literal["pair", "shared_prompt"] = "pair",
         seed: int | None = None,
         shuffle: bool = True,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        max_records: int | None = None,
     ) -> None:
         """
         Args:
             tokenizer: local tokenizer directory.
-            train: training file(s): ``.jsonl``, ``.json`` or either gzipped.
-            validation: validation file(s).
-            test: test file(s).
-            predict: file(s) for ``predict``: triples are scored; records without responses
+            train: training data: file(s) (``.jsonl``, ``.json``, either gzipped, ``.parquet``,
+                ``.csv``, ``.arrow``), a Hugging Face dataset saved with ``save_to_disk`` (a
+                ``DatasetDict`` gives its split of this name), a dataset in the local Hugging Face
+                cache (``{name, subset, split}``), or from Python a ``datasets.Dataset``.
+            validation: validation data, as ``train``.
+            test: test data, as ``train``.
+            predict: data for ``predict``: triples are scored; records without responses
                 (``{user_id, prompt}``) are prompts to generate a response for.
             batch_size: preference triples per training batch (per device).
             eval_batch_size: triples per evaluation batch (default: ``batch_size``).
@@ -102,11 +137,24 @@ class PreferenceDataModule(LightningDataModule):
                 order depends on it and the epoch only, so it is replayed exactly on resume and is
                 the same for any number of processes.
             shuffle: shuffle the training triples each epoch (off: file order, e.g. to compare runs).
+            cache: keep the encoded splits on disk (memory-mapped) and reuse them in later runs
+                while the data, the tokenizer and the settings above are unchanged.
+            cache_dir: where encoded splits are kept (default: ``$PLRLHF_CACHE``, else
+                ``~/.cache/plrlhf``).
+            max_records: read at most this many records of each source (smoke runs; set by the
+                CLI under ``fast_dev_run``).
         """
         super().__init__()
         self.save_hyperparameters()  # in checkpoints: adaptation reads the data settings back
+        for split, value in (
+            ("train", train),
+            ("validation", validation),
+            ("test", test),
+            ("predict", predict),
+        ):
+            self.hparams[split] = _as_plain(value)
         self.tokenizer_path = tokenizer
-        self.paths: dict[Split, list[str]] = {
+        self.paths: dict[Split, list[Any]] = {
             "train": _as_list(train),
             "validation": _as_list(validation),
             "test": _as_list(test),
@@ -118,6 +166,7 @@ class PreferenceDataModule(LightningDataModule):
             ("max_length", max_length, 2),
             ("max_prompt_length", max_prompt_length, 1),
             ("num_workers", num_workers, 0),
+            ("max_records", max_records if max_records is not None else 1, 1),
         ):
             if value < least:
                 raise ValueError(f"{name} must be >= {least}, got {value}")
@@ -137,12 +186,17 @@ class PreferenceDataModule(LightningDataModule):
         self.seed = seed
         self.length_layout = length_layout
         self.shuffle = shuffle
+        self.cache = cache
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_records = max_records
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self._entries: dict[tuple[Split, int], EncodedEntry] = {}
         self._registry: UserRegistry | None = None
         self._user_keys: NameTable | None = None
         self._group_keys = NameTable("")
         self._spellings: dict[str, Counter] = {}
         self._group_counts: dict[str, Counter] = {}
-        self.datasets: dict[Split, list[EncodedTriple]] = {}
+        self.datasets: dict[Split, EncodedSplit | list[EncodedPrompt]] = {}
         self.stats: dict[Split, SplitStats] = {}
 
     # -- what the CLI links into the method ---------------------------------------------------
@@ -195,21 +249,19 @@ class PreferenceDataModule(LightningDataModule):
             # Evaluating without training data: the registry comes from the checkpoint.
             return UserRegistry()
         registry = UserRegistry()
-        for path in self.paths["train"]:
-            for located in read_records(path):
-                user = located.record.get(self.fields.user)
-                if user is not None:
-                    self._spelled(user)
-                    registry.add(user)
+        for index in range(len(self.paths["train"])):
+            for user, spellings in self._entry("train", index).read_users.items():
+                if len(spellings) > 1:
+                    self._spellings.setdefault(user, Counter()).update(spellings)
+                else:
+                    self._spellings.setdefault(user, Counter())["-"] += 1
+                registry.add(user)
         self._warn_same_ids("training files")
         return registry
 
-    def _spelled(self, user: Any) -> None:
-        self._spellings.setdefault(str(user), Counter())[json.dumps(user)] += 1
-
     def _warn_same_ids(self, where: str) -> None:
         """User ids are compared as strings: ``1`` and ``"1"`` are one user. Say so, with counts."""
-        merged = {key: c for key, c in self._spellings.items() if len(c) > 1}
+        merged = {key: c for key, c in self._spellings.items() if len(c) > 1 and "-" not in c}
         for key, counts in list(merged.items())[:10]:
             spelled = " and ".join(f"{spelling} ({n} records)" for spelling, n in counts.most_common())
             rank_zero_warn(f"user ids {spelled} in the {where} are one user {key!r} (ids compare as strings)")
@@ -217,18 +269,61 @@ class PreferenceDataModule(LightningDataModule):
             rank_zero_warn(f"... and {len(merged) - 10} more user ids spelled both as numbers and strings")
         self._spellings.clear()
 
+    def _settings(self) -> tuple[Any, ...]:
+        return (self.fields, self.max_length, self.max_prompt_length, self.max_records)
+
+    def _entry_key(self, split: Split, index: int) -> str:
+        source = self.paths[split][index]
+        identity = tables.identity(source, _dataset_split(split)) if tables.is_table_source(source) else None
+        if identity is None:
+            identity = tables.identity(source) if Path(source).is_file() else f"missing:{source}"
+        return entry_key(identity, tokenizer_digest(self.tokenizer_path), self._settings())
+
     def fingerprint(self, split: Split) -> str:
-        """A hash of everything that decides the token ids of a split: file contents, tokenizer
-        files, fields and length limits. Keys caches of per-example values (reference log-probs)."""
-        digest = hashlib.sha256()
-        settings = (self.fields, self.max_length, self.max_prompt_length)
-        digest.update(repr(settings).encode())
-        tokenizer_dir = Path(self.tokenizer_path)
-        for path in [*map(Path, self.paths[split]), *sorted(tokenizer_dir.iterdir())]:
-            if path.is_file():
-                digest.update(path.name.encode())
-                digest.update(path.read_bytes())
-        return digest.hexdigest()[:16]
+        """A hash of everything that decides the token ids of a split: its sources' contents, the
+        tokenizer's files, fields and length limits."""
+        keys = [self._entry_key(split, i) for i in range(len(self.paths[split]))]
+        return hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+
+    def _entry(self, split: Split, index: int) -> EncodedEntry:
+        """Source ``index`` of ``split`` encoded: from the cache, or encoded now and cached."""
+        if (split, index) in self._entries:
+            return self._entries[(split, index)]
+        source = self.paths[split][index]
+        if not tables.is_table_source(source) and not Path(source).is_file():
+            raise FileNotFoundError(f"data file not found: {source}")
+        key = self._entry_key(split, index)
+        directory = self._cache_root()
+        entry, why = load_entry(directory, key)
+        if entry is None:
+            if why != "not cached":
+                rank_zero_warn(f"encoded cache {directory / key} not used: {why}; encoding again")
+            tokenizer = self.tokenizer
+            chunks = encode_stream(
+                read_records(source, _dataset_split(split)),
+                tokenizer,
+                self.fields,
+                self.max_length,
+                self.max_prompt_length,
+                description=f"tokenizing {split}",
+                limit=self.max_records,
+            )
+            write_entry(directory, key, chunks, len(tokenizer), tables.describe(source))
+            entry, why = load_entry(directory, key)
+            if entry is None:
+                raise RuntimeError(f"encoded cache {directory / key} unreadable right after writing: {why}")
+            entry.fresh = True
+        if entry.stats.read == 0:
+            raise DataError(tables.describe(source), "no records in file")
+        self._entries[(split, index)] = entry
+        return entry
+
+    def _cache_root(self) -> Path:
+        if self.cache:
+            return self.cache_dir if self.cache_dir is not None else default_cache_dir()
+        if self._scratch is None:  # encoded for this process only, removed with it
+            self._scratch = tempfile.TemporaryDirectory(prefix="plrlhf-encoded-")
+        return Path(self._scratch.name)
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -242,63 +337,98 @@ class PreferenceDataModule(LightningDataModule):
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.registry.save(Path(log_dir) / REGISTRY_FILE)
 
-    def _is_prompt_file(self, path: str) -> bool:
+    def _is_prompt_file(self, path: Any) -> bool:
         """Predict files hold triples to score, or prompts (no responses) to generate for."""
-        first = next(iter(read_records(path)), None)
+        first = next(iter(read_records(path, "test")), None)
         return first is not None and self.fields.chosen not in first.record
 
-    def _load_split(self, split: Split) -> list[EncodedTriple] | list[EncodedPrompt]:
-        examples, stats = [], SplitStats()
-        prompt_only = split == "predict" and all(self._is_prompt_file(p) for p in self.paths[split])
-        for path in self.paths[split]:
-            if prompt_only:
-                part, part_stats = encode_prompts(
-                    read_records(path), self.tokenizer, self.fields, self.max_prompt_length
-                )
-            else:
-                part, part_stats = encode_records(
-                    read_records(path),
-                    self.tokenizer,
-                    self.fields,
-                    self.max_length,
-                    self.max_prompt_length,
-                    description=f"tokenizing {split}",
-                )
-            if part_stats.read == 0:
-                raise DataError(path, "no records in file")
-            examples.extend(part)
-            stats = _merge(stats, part_stats)
+    def _load_split(self, split: Split) -> EncodedSplit | list[EncodedPrompt]:
+        if split == "predict" and all(self._is_prompt_file(p) for p in self.paths[split]):
+            return self._load_prompts(split)
+        entries = [self._entry(split, i) for i in range(len(self.paths[split]))]
+        stats = SplitStats()
+        for entry in entries:
+            stats = _merge(stats, entry.stats)
+        user_ids, user_keys, group_keys = [], [], []
         unseen: set[str] = set()
-        triples = []
-        for example in examples:
-            if example.user is None:
+        for entry in entries:
+            names = entry.user_names
+            missing = entry.users < 0
+            if missing.any():
                 if self.missing_user == "error":
-                    raise DataError(example.where, f"missing field {self.fields.user!r} (missing_user=error)")
-                stats.missing_user += 1
-            elif example.user not in self.registry:
-                unseen.add(example.user)
-                stats.unseen_examples += 1
-            keys = dict(
-                user_id=self.registry.index(example.user),
-                user_key=self.user_keys.key(example.user),
-                group_key=self._group_keys.key(example.group),
-                index=len(triples),
+                    where = entry.where(int(np.flatnonzero(missing)[0]))
+                    raise DataError(where, f"missing field {self.fields.user!r} (missing_user=error)")
+                stats.missing_user += int(missing.sum())
+            # Code -1 (no user id) indexes the last slot: the generic user.
+            model_index = np.array([self.registry.index(n) for n in names] + [0], dtype=np.int64)
+            metric_key = np.array([self.user_keys.key(n) for n in names] + [0], dtype=np.int64)
+            group_key = np.array([self._group_keys.key(g) for g in entry.group_names] + [0], dtype=np.int64)
+            new = [i for i, n in enumerate(names) if n not in self.registry]
+            unseen.update(names[i] for i in new)
+            stats.unseen_examples += int(np.isin(entry.users, new).sum()) if new else 0
+            user_ids.append(model_index[entry.users])
+            user_keys.append(metric_key[entry.users])
+            group_keys.append(group_key[entry.groups])
+            labelled = (entry.users >= 0) & (entry.groups >= 0)
+            pairs, counts = np.unique(
+                np.stack([entry.users[labelled], entry.groups[labelled]]), axis=1, return_counts=True
             )
-            if prompt_only:
-                triples.append(EncodedPrompt(example.prompt_ids, text=example.prompt_text, **keys))
-            else:
-                triples.append(
-                    EncodedTriple(example.prompt_ids, example.chosen_ids, example.rejected_ids, **keys)
+            for (user, group), count in zip(pairs.T, counts):
+                self._group_counts.setdefault(names[user], Counter())[entry.group_names[group]] += int(count)
+        stats.unseen_users = len(unseen)
+        self.stats[split] = stats
+        cached = [e for e in entries if not e.fresh]
+        note = (
+            f" (encoded earlier: {cached[0].directory.parent})"
+            if cached and len(cached) == len(entries)
+            else ""
+        )
+        rank_zero_info(stats.summary(split) + note)
+        if stats.kept == 0:
+            raise DataError(
+                ", ".join(map(tables.describe, self.paths[split])), f"no usable examples in the {split} split"
+            )
+        return EncodedSplit(entries, *(np.concatenate(a) for a in (user_ids, user_keys, group_keys)))
+
+    def _load_prompts(self, split: Split) -> list[EncodedPrompt]:
+        prompts: list[EncodedPrompt] = []
+        stats = SplitStats()
+        unseen: set[str] = set()
+        for path in self.paths[split]:
+            part, part_stats = encode_prompts(
+                read_records(path, "test"), self.tokenizer, self.fields, self.max_prompt_length
+            )
+            if part_stats.read == 0:
+                raise DataError(tables.describe(path), "no records in file")
+            stats = _merge(stats, part_stats)
+            for example in part:
+                if example.user is None:
+                    if self.missing_user == "error":
+                        raise DataError(
+                            example.where, f"missing field {self.fields.user!r} (missing_user=error)"
+                        )
+                    stats.missing_user += 1
+                elif example.user not in self.registry:
+                    unseen.add(example.user)
+                    stats.unseen_examples += 1
+                prompts.append(
+                    EncodedPrompt(
+                        example.prompt_ids,
+                        text=example.prompt_text,
+                        user_id=self.registry.index(example.user),
+                        user_key=self.user_keys.key(example.user),
+                        group_key=self._group_keys.key(example.group),
+                        index=len(prompts),
+                    )
                 )
-        for example in examples:
-            if example.user is not None and example.group is not None:
-                self._group_counts.setdefault(example.user, Counter())[example.group] += 1
         stats.unseen_users = len(unseen)
         self.stats[split] = stats
         rank_zero_info(stats.summary(split))
-        if not triples:
-            raise DataError(", ".join(self.paths[split]), f"no usable examples in the {split} split")
-        return triples
+        if not prompts:
+            raise DataError(
+                ", ".join(map(tables.describe, self.paths[split])), f"no usable examples in the {split} split"
+            )
+        return prompts
 
     def _loader(self, split: Split, batch_size: int) -> DataLoader:
         if split not in self.datasets:
@@ -325,14 +455,15 @@ class PreferenceDataModule(LightningDataModule):
         strategy = self.trainer.strategy if self.trainer is not None else None
         # The data-parallel ranks (under tensor parallelism fewer than the processes).
         ranks = getattr(strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
-        widths = [_row_width(t, shared) for t in triples] if self.group_by_length else None
+        lengths = _lengths(triples)
+        widths = _row_widths(lengths, shared).tolist() if self.group_by_length else None
         sampler = TrainingSampler(len(triples), self.batch_size, seed, self.shuffle, widths, **ranks)
         layout = f"{self.length_layout} rows"
-        shuffled = padding_share(triples, global_batches(len(triples), self.batch_size, seed, 0), shared)
+        shuffled = padding_share(lengths, global_batches(len(triples), self.batch_size, seed, 0), shared)
         if widths is None:
             rank_zero_info(f"train: padding is about {shuffled:.1%} of {layout} (group_by_length: false)")
         else:
-            grouped = padding_share(triples, sampler.global_batches(), shared)
+            grouped = padding_share(lengths, sampler.global_batches(), shared)
             rank_zero_info(
                 f"train: padding is {grouped:.1%} of {layout} with group_by_length ({shuffled:.1%} without)"
             )
@@ -394,30 +525,44 @@ class NameTable:
         return self._keys[name]
 
 
-def _width(triple: EncodedTriple) -> int:
-    """Row width a triple needs in a batch: prompt plus its longer response."""
-    return len(triple.prompt_ids) + max(len(triple.chosen_ids), len(triple.rejected_ids))
+def _dataset_split(split: Split) -> str:
+    """The split of a Hugging Face ``DatasetDict`` that a plrlhf split reads by default."""
+    return "test" if split == "predict" else split
 
 
-def _row_width(triple: EncodedTriple, shared_prompt: bool) -> int:
-    """Row width a triple needs: its longer ``[prompt; response]`` row, or ``[prompt, chosen,
-    rejected]`` in the shared-prompt layout."""
+def _lengths(triples: Any) -> np.ndarray:
+    """``(N, 3)`` prompt, chosen and rejected lengths of an :class:`EncodedSplit` or a list of
+    triples."""
+    if hasattr(triples, "lengths"):
+        return triples.lengths()
+    return np.array([[len(t.prompt_ids), len(t.chosen_ids), len(t.rejected_ids)] for t in triples]).reshape(
+        -1, 3
+    )
+
+
+def _row_widths(lengths: np.ndarray, shared_prompt: bool) -> np.ndarray:
+    """Row width each triple needs in a batch: ``[prompt, chosen, rejected]`` in the shared-prompt
+    layout, else its longer ``[prompt; response]`` row."""
     if shared_prompt:
-        return len(triple.prompt_ids) + len(triple.chosen_ids) + len(triple.rejected_ids)
-    return _width(triple)
+        return lengths.sum(axis=1)
+    return lengths[:, 0] + lengths[:, 1:].max(axis=1)
 
 
-def padding_share(
-    triples: list[EncodedTriple], batches: list[list[int]], shared_prompt: bool = False
-) -> float:
-    """Share of padding among the tokens of right-padded ``batches`` of ``triples`` (two rows per
-    triple, or one row per triple in the shared-prompt layout)."""
+def padding_share(triples: Any, batches: list[list[int]], shared_prompt: bool = False) -> float:
+    """Share of padding among the tokens of right-padded ``batches`` of ``triples`` (an
+    :class:`EncodedSplit`, a list of triples or their ``(N, 3)`` lengths): two rows per triple, or
+    one in the shared-prompt layout."""
+    lengths = triples if isinstance(triples, np.ndarray) else _lengths(triples)
+    batches = [b for b in batches if len(b)]
+    if not batches:
+        return 0.0
     rows = 1 if shared_prompt else 2
-    real = padded = 0
-    for batch in batches:
-        members = [triples[i] for i in batch]
-        real += sum(rows * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in members)
-        padded += rows * len(members) * max(_row_width(t, shared_prompt) for t in members)
+    order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
+    sizes = np.array([len(b) for b in batches])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    widths = _row_widths(lengths, shared_prompt)[order]
+    real = int((rows * lengths[order, 0] + lengths[order, 1] + lengths[order, 2]).sum())
+    padded = int((rows * sizes * np.maximum.reduceat(widths, starts)).sum())
     return 1 - real / padded if padded else 0.0
 
 

@@ -6,7 +6,9 @@ Nothing is lost silently: every record read is either kept or counted under a na
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,8 +106,8 @@ def _text_or_messages(record: dict[str, Any], key: str, where: str, allow_missin
 
 def _optional_id(record: dict[str, Any], key: str, where: str) -> str | None:
     value = record.get(key)
-    if value is None:
-        return None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None  # an empty cell (CSV has no null) is a missing id, not a user named ""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise DataError(where, f"field {key!r} must be a string or an integer, got {type(value).__name__}")
     return str(value)
@@ -179,73 +181,142 @@ def render(
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special: bool) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        # The Rust tokenizer without offsets or attention masks: same ids, about 1.3x faster.
+        # transformers leaves the last call's truncation/padding set on it: clear them.
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
+        return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=special)]
     return tokenizer(list(texts), add_special_tokens=special, return_attention_mask=False)["input_ids"]
 
 
-def encode_records(
+@dataclass
+class EncodedChunk:
+    """Triples encoded from consecutive records, and the running totals of the source so far."""
+
+    prompts: list[list[int]]
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+    users: list[str | None]
+    groups: list[str | None]
+    wheres: list[str]
+    stats: SplitStats
+    read_users: dict[str, Counter]
+    """Every user id read so far (records dropped later too), in order of first appearance, with
+    the spellings it came in (``1`` and ``"1"`` are one user)."""
+
+
+def encode_stream(
     records: Iterable[Located],
     tokenizer: PreTrainedTokenizerBase,
     fields: Fields,
     max_length: int,
     max_prompt_length: int,
     description: str = "tokenizing",
-    chunk_size: int = 1024,
-) -> tuple[list[Example], SplitStats]:
-    """Parse, render, tokenize and truncate records into :class:`Example` objects.
+    chunk_size: int = 4096,
+    limit: int | None = None,
+) -> Iterator[EncodedChunk]:
+    """Parse, render, tokenize and truncate records, ``chunk_size`` at a time (memory stays flat).
 
     Truncation keeps both responses whole and cuts the prompt from the left (its end is what the
     response follows), to at most ``max_prompt_length`` tokens and so that prompt plus the longer
     response fit in ``max_length``; a leading BOS token is kept. A triple whose longer response
-    cannot fit with at least one prompt token is dropped and counted.
+    cannot fit with at least one prompt token is dropped and counted. ``limit``: read at most this
+    many records. At least one chunk is yielded (empty when there are no records).
     """
     stats = SplitStats()
-    parsed: list[_Parsed] = []
+    read_users: dict[str, Counter] = {}
+    progress = None  # shown from the second chunk on: small inputs print no bar
+    shown = False
+    pending: list[_Parsed] = []
     for located in records:
+        if limit is not None and stats.read >= limit:
+            break
         stats.read += 1
         item = parse_record(located, fields)
+        raw_user = located.record.get(fields.user)
+        if item.user is not None:
+            read_users.setdefault(item.user, Counter())[json.dumps(raw_user)] += 1
         if _is_empty(item.chosen) or _is_empty(item.rejected):
             stats.drop("empty response")
         elif item.chosen == item.rejected:
             stats.drop("chosen == rejected")
         else:
-            parsed.append(item)
+            pending.append(item)
+        if len(pending) >= chunk_size:
+            shown = True
+            yield _encode_chunk(pending, tokenizer, max_length, max_prompt_length, stats, read_users)
+            progress = progress or tqdm(desc=description, unit="ex", mininterval=1.0)
+            progress.update(len(pending))
+            pending = []
+    if pending or not shown:
+        yield _encode_chunk(pending, tokenizer, max_length, max_prompt_length, stats, read_users)
+    if progress is not None:
+        progress.update(len(pending))
+        progress.close()
 
-    examples: list[Example] = []
+
+def _encode_chunk(
+    chunk: list[_Parsed],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    max_prompt_length: int,
+    stats: SplitStats,
+    read_users: dict[str, Counter],
+) -> EncodedChunk:
+    out = EncodedChunk([], [], [], [], [], [], stats, read_users)
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id
-    progress = tqdm(total=len(parsed), desc=description, unit="ex", disable=len(parsed) < 5000)
-    for start in range(0, len(parsed), chunk_size):
-        chunk = parsed[start : start + chunk_size]
-        rendered = [
-            (render(tokenizer, p.prompt, p.chosen, p.where), render(tokenizer, p.prompt, p.rejected, p.where))
-            for p in chunk
-        ]
-        # A chat template writes its own special tokens; plain prompts get the tokenizer's (BOS).
-        templated = [not isinstance(p.prompt, str) or not isinstance(p.chosen, str) for p in chunk]
-        prompt_ids = _tokenize_prompts(tokenizer, [c[0] for c, _ in rendered], templated)
-        chosen_ids = _tokenize(tokenizer, [c[1] for c, _ in rendered], False)
-        rejected_ids = _tokenize(tokenizer, [r[1] for _, r in rendered], False)
-        for item, prompt, chosen, rejected in zip(chunk, prompt_ids, chosen_ids, rejected_ids):
-            chosen = _with_eos(chosen, eos)
-            rejected = _with_eos(rejected, eos)
-            if chosen == rejected:
-                stats.drop("chosen == rejected")
-                continue
-            keep_bos = 1 if prompt and bos is not None and prompt[0] == bos else 0
-            if len(prompt) <= keep_bos:
-                stats.drop("empty prompt")
-                continue
-            budget = min(max_prompt_length, max_length - max(len(chosen), len(rejected)))
-            if budget < keep_bos + 1:
-                stats.drop("response too long for max_length")
-                continue
-            if len(prompt) > budget:
-                prompt = prompt[:keep_bos] + prompt[len(prompt) - (budget - keep_bos) :]
-                stats.prompt_truncated += 1
-            examples.append(Example(prompt, chosen, rejected, item.user, item.group, item.where))
-        progress.update(len(chunk))
-    progress.close()
-    stats.kept = len(examples)
+    rendered = [
+        (render(tokenizer, p.prompt, p.chosen, p.where), render(tokenizer, p.prompt, p.rejected, p.where))
+        for p in chunk
+    ]
+    # A chat template writes its own special tokens; plain prompts get the tokenizer's (BOS).
+    templated = [not isinstance(p.prompt, str) or not isinstance(p.chosen, str) for p in chunk]
+    prompt_ids = _tokenize_prompts(tokenizer, [c[0] for c, _ in rendered], templated)
+    chosen_ids = _tokenize(tokenizer, [c[1] for c, _ in rendered], False)
+    rejected_ids = _tokenize(tokenizer, [r[1] for _, r in rendered], False)
+    for item, prompt, chosen, rejected in zip(chunk, prompt_ids, chosen_ids, rejected_ids):
+        chosen = _with_eos(chosen, eos)
+        rejected = _with_eos(rejected, eos)
+        if chosen == rejected:
+            stats.drop("chosen == rejected")
+            continue
+        keep_bos = 1 if prompt and bos is not None and prompt[0] == bos else 0
+        if len(prompt) <= keep_bos:
+            stats.drop("empty prompt")
+            continue
+        budget = min(max_prompt_length, max_length - max(len(chosen), len(rejected)))
+        if budget < keep_bos + 1:
+            stats.drop("response too long for max_length")
+            continue
+        if len(prompt) > budget:
+            prompt = prompt[:keep_bos] + prompt[len(prompt) - (budget - keep_bos) :]
+            stats.prompt_truncated += 1
+        out.prompts.append(prompt)
+        out.chosen.append(chosen)
+        out.rejected.append(rejected)
+        out.users.append(item.user)
+        out.groups.append(item.group)
+        out.wheres.append(item.where)
+    stats.kept += len(out.prompts)
+    return out
+
+
+def encode_records(records: Iterable[Located], *args: Any, **kwargs: Any) -> tuple[list[Example], SplitStats]:
+    """:func:`encode_stream` (same arguments) collected into :class:`Example` objects: for small
+    inputs and tests."""
+    examples: list[Example] = []
+    stats = SplitStats()
+    for chunk in encode_stream(records, *args, **kwargs):
+        stats = chunk.stats
+        for p, c, r, u, g, w in zip(
+            chunk.prompts, chunk.chosen, chunk.rejected, chunk.users, chunk.groups, chunk.wheres
+        ):
+            examples.append(Example(p, c, r, u, g, w))
     return examples, stats
 
 

@@ -1,7 +1,8 @@
-"""Reading preference records from the files users have: JSON lines (plain or gzipped) and JSON.
+"""Reading preference records from what users have: JSON lines / JSON (plain or gzipped), parquet,
+CSV and Arrow files, Hugging Face datasets (``save_to_disk`` directories, the local cache, objects).
 
-A record is a dict as found in the file; :func:`read_records` yields it with its location so that
-every later error can name the file and line.
+A record is a dict as found in the source; :func:`read_records` yields it with its location so
+that every later error can name the file and line (or row).
 """
 
 from __future__ import annotations
@@ -65,16 +66,20 @@ def _is_json_array(path: Path) -> bool:
     return False
 
 
-def read_records(path: str | Path) -> Iterator[Located]:
-    """Yield every record of a ``.jsonl``/``.json`` file (optionally ``.gz``).
+def read_records(source: Any, split: str = "train") -> Iterator[Located]:
+    """Yield every record of a data source (see :mod:`plrlhf.data.tables` for the formats).
 
-    A JSON file holding one array is read as that array; anything else is read line by line.
+    A JSON file holding one array is read as that array; other JSON files are read line by line.
     Blank lines are skipped. Raises :class:`DataError` naming the file and line on malformed JSON,
-    non-UTF-8 bytes, damaged gzip data or a record that is not an object.
+    non-UTF-8 bytes, damaged gzip data or a record that is not an object. ``split`` picks the split
+    of a ``DatasetDict`` directory.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(str(path), "is a directory; expected a data file (.jsonl, .json, optionally .gz)")
+    from plrlhf.data import tables  # the table formats import pyarrow: only when used
+
+    if tables.is_table_source(source):
+        yield from tables.read_table_records(source, split)
+        return
+    path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if _is_json_array(path):
