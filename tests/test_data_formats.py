@@ -134,7 +134,9 @@ def test_the_cache_is_hit_on_the_second_run_and_missed_when_anything_changes(tmp
     assert triples(second) == triples(first)
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
-    assert loaded(str(path), tmp_path, max_length=64, max_prompt_length=32)._entries[("train", 0)].fresh  # a setting
+    assert (
+        loaded(str(path), tmp_path, max_length=64, max_prompt_length=32)._entries[("train", 0)].fresh
+    )  # a setting
     tokenizer = tmp_path / "tokenizer"
     shutil.copytree(TOKENIZER, tokenizer)
     config = json.loads((tokenizer / "tokenizer_config.json").read_text())
