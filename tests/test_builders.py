@@ -411,3 +411,51 @@ def test_the_data_command_lists_every_builder_and_its_options(capsys):
         main(["data", "hh-length", "--help"])
     out = capsys.readouterr().out
     assert "--min_length_ratio" in out and "default: 1.5" in out and "usage: plrlhf data" in out
+
+
+# -- the same sources as Hugging Face serves them -----------------------------------------------
+def as_hf(jsonl, directory, layout):
+    """A JSON-lines file converted as the Hugging Face hub and ``datasets`` store it."""
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(
+        "json", data_files=str(jsonl), split="train", cache_dir=str(directory / ".hf")
+    )
+    if layout == "parquet files":
+        (directory / "0000").mkdir(parents=True)
+        loaded.to_parquet(str(directory / "0000" / "train-00000-of-00001.parquet"))
+    else:
+        datasets.DatasetDict(
+            {"train": loaded.select(range(3)), "rest": loaded.select(range(3, len(loaded)))}
+        ).save_to_disk(str(directory))
+    return directory
+
+
+@pytest.mark.parametrize("layout", ["parquet files", "save_to_disk"])
+def test_prism_from_hugging_face_layouts_equals_the_published_files(tmp_path, layout):
+    from plrlhf.builders.prism import build_prism
+
+    source = write_prism_source(tmp_path)
+    build_prism(source, tmp_path / "from-jsonl", seed=123)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    for table in ("conversations", "survey"):
+        as_hf(source / f"{table}.jsonl", hf / table, layout)
+    build_prism(hf, tmp_path / "from-hf", seed=123)
+    for split in ("train", "validation", "test"):
+        assert read(tmp_path / f"from-hf/{split}.jsonl") == read(tmp_path / f"from-jsonl/{split}.jsonl"), (
+            split
+        )
+
+
+@pytest.mark.parametrize("layout", ["parquet files", "save_to_disk"])
+def test_tldr_from_hugging_face_layouts_equals_the_published_files(tmp_path, layout):
+    from plrlhf.builders.tldr import build_tldr_length
+
+    path = write_tldr_source(tmp_path)
+    expected = build_tldr_length(path, tmp_path / "from-jsonl", users=2, longer_share=0.7, seed=0)
+    hf = as_hf(path, tmp_path / "hf", layout)
+    assert build_tldr_length(hf, tmp_path / "from-hf", users=2, longer_share=0.7, seed=0) == expected
+    for split in ("train", "validation", "test"):
+        assert read(tmp_path / f"from-hf/{split}.jsonl") == read(tmp_path / f"from-jsonl/{split}.jsonl"), (
+            split
+        )

@@ -214,3 +214,14 @@ def test_a_dataset_not_in_the_local_cache_is_an_error_not_a_download(tmp_path, m
 def test_max_records_reads_only_the_first_records(tmp_path):
     dm = loaded(str(write_jsonl(tmp_path / "d.jsonl", ROWS)), tmp_path, max_records=2)
     assert (dm.stats["train"].read, len(dm.datasets["train"])) == (2, 2)
+
+
+def test_encoding_in_chunks_gives_the_same_triples_and_counts(tmp_path):
+    from plrlhf.data.encoding import Fields, encode_records
+    from plrlhf.data.sources import read_records
+    from plrlhf.tokenizer import load_tokenizer
+
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    whole = encode_records(read_records(path), load_tokenizer(TOKENIZER), Fields(), 1024, 512)
+    chunked = encode_records(read_records(path), load_tokenizer(TOKENIZER), Fields(), 1024, 512, chunk_size=2)
+    assert chunked == whole and whole[1].read == 6

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
-from plrlhf.builders.common import write_splits
-from plrlhf.data.sources import DataError, read_records
+from plrlhf.builders.common import find_table, read_published, write_splits
+from plrlhf.data.sources import DataError
 
 EMPTY = "EMPTY STRING"
 DEMOGRAPHICS = ("age", "gender", "education", "employment_status", "marital_status", "english_proficiency")
@@ -87,7 +86,9 @@ def build_prism(
     Writes ``train/validation/test.jsonl`` from a PRISM directory; returns the counts.
 
     Args:
-        source: directory with ``conversations.jsonl`` and ``survey.jsonl``.
+        source: directory with ``conversations.jsonl`` and ``survey.jsonl`` as published, or the
+            same tables as Hugging Face serves them (``conversations.parquet`` or a directory
+            ``conversations/`` of parquet files or from ``save_to_disk``; likewise ``survey``).
         out: output directory.
         seen_share: share of users seen in training.
         train_share: share of each seen user's dialogues for training (``int(share * n)``; the
@@ -96,10 +97,10 @@ def build_prism(
         seed: seed of the user and dialogue splits.
         with_user_text: prepend the users' own survey text to their prompts.
     """
-    surveys = {r.record["user_id"]: r.record for r in read_records(Path(source) / "survey.jsonl")}
+    surveys = {r.record["user_id"]: r.record for r in read_published(find_table(source, "survey"))}
     dropped: Counter = Counter()
     by_user: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-    for located in read_records(Path(source) / "conversations.jsonl"):
+    for located in read_published(find_table(source, "conversations")):
         record, where = located.record, located.where
         for key in ("conversation_id", "user_id", "conversation_history"):
             if key not in record:

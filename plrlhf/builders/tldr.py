@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from plrlhf.builders.common import write_splits
-from plrlhf.data.sources import DataError, read_records
+from plrlhf.builders.common import read_published, write_splits
+from plrlhf.data.sources import DataError
 
 SPLITS = {"train": "train", "valid1": "validation", "valid2": "test"}
 
@@ -49,7 +49,9 @@ def build_tldr_length(
 
     Args:
         source: a directory of summarize-from-feedback comparison files (every ``batch*.json``,
-            JSON lines despite the suffix, is read), or one such file.
+            JSON lines despite the suffix, is read), or one such file; or the ``comparisons``
+            configuration as Hugging Face serves it (parquet files, or a ``save_to_disk``
+            directory: all its splits are read).
         out: output directory.
         users: seen users (workers), split into longer- and shorter-preferring.
         longer_share: share of users who prefer the longer summary.
@@ -59,10 +61,10 @@ def build_tldr_length(
     kept = []
     root = Path(source)
     files = sorted(root.glob("batch*.json")) if root.is_dir() else [root]
-    if not files:
-        raise FileNotFoundError(f"no batch*.json comparison files in {root}")
-    for path in files:
-        for located in read_records(path):
+    # As published (batch*.json files), or as Hugging Face serves the comparisons (parquet files
+    # or a save_to_disk DatasetDict; its rows keep the original split in their `split` field).
+    for path in files or [root]:
+        for located in read_published(path):
             record, where = located.record, located.where
             summaries = record.get("summaries")
             if not isinstance(summaries, list) or len(summaries) != 2 or "worker" not in record:

@@ -249,7 +249,8 @@ def encode_stream(
         if len(pending) >= chunk_size:
             shown = True
             yield _encode_chunk(pending, tokenizer, max_length, max_prompt_length, stats, read_users)
-            progress = progress or tqdm(desc=description, unit="ex", mininterval=1.0)
+            if progress is None:
+                progress = tqdm(desc=description, unit="ex", mininterval=1.0)
             progress.update(len(pending))
             pending = []
     if pending or not shown:

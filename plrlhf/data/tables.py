@@ -10,6 +10,7 @@ never hold what its field needs (``chosen`` as integers, say) is refused at once
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,9 +85,33 @@ def read_table_records(source: Any, split: str = "train") -> Iterator[Located]:
 def _rows(batches: Iterator[Any], name: str) -> Iterator[Located]:
     row = 0
     for batch in batches:
+        decoders = {f.name: _json_decoder(f.type) for f in batch.schema}
+        decoders = {k: d for k, d in decoders.items() if d is not None}
         for record in batch.to_pylist():
+            for key, decode in decoders.items():
+                record[key] = decode(record[key])
             yield Located(record, f"{name}[row {row}]")
             row += 1
+
+
+def _json_decoder(kind: Any) -> Any:
+    """A function that parses the JSON text of ``arrow.json`` values (``datasets`` stores values of
+    mixed type that way, e.g. a list of differently shaped dicts) nested anywhere in a value of
+    Arrow type ``kind``; ``None`` when there are none."""
+    import pyarrow as pa
+
+    if getattr(kind, "extension_name", None) == "arrow.json":
+        return lambda v: json.loads(v) if isinstance(v, str) else v
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        inner = _json_decoder(kind.value_type)
+        return None if inner is None else lambda v: v if v is None else [inner(x) for x in v]
+    if pa.types.is_struct(kind):
+        fields = {kind.field(i).name: _json_decoder(kind.field(i).type) for i in range(kind.num_fields)}
+        fields = {k: d for k, d in fields.items() if d is not None}
+        if not fields:
+            return None
+        return lambda v: v if v is None else {k: fields[k](x) if k in fields else x for k, x in v.items()}
+    return None
 
 
 def _file_batches(path: Path) -> Iterator[Any]:
