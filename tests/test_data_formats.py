@@ -225,3 +225,35 @@ def test_encoding_in_chunks_gives_the_same_triples_and_counts(tmp_path):
     whole = encode_records(read_records(path), load_tokenizer(TOKENIZER), Fields(), 1024, 512)
     chunked = encode_records(read_records(path), load_tokenizer(TOKENIZER), Fields(), 1024, 512, chunk_size=2)
     assert chunked == whole and whole[1].read == 6
+
+
+def test_a_dataset_spec_with_an_unknown_key_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"\{name, subset, split\}.*unknown revision"):
+        PreferenceDataModule(TOKENIZER, train={"name": "x", "revision": "main"})
+
+
+def test_the_cli_never_reads_a_data_file_while_parsing_its_arguments(tmp_path, monkeypatch):
+    """A string given for an argument typed with a dataclass is read by jsonargparse as a config
+    file: with a 1M-triple file that took minutes and GBs. The data arguments must not be."""
+    import builtins
+    import sys
+
+    from plrlhf.cli import run
+    from tests.conftest import ROOT
+
+    path = write_jsonl(tmp_path / "d.jsonl", [triple("u1"), triple("u2")] * 8)
+    by_jsonargparse = []
+    original = builtins.open
+
+    def recording(file, *args, **kwargs):
+        if str(file) == str(path) and "jsonargparse" in sys._getframe(1).f_code.co_filename:
+            by_jsonargparse.append(file)
+        return original(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording)
+    run(
+        ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--data.init_args.train", str(path)]
+        + ["--data.init_args.validation", "null", "--trainer.fast_dev_run", "1"]
+        + ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    )
+    assert by_jsonargparse == []

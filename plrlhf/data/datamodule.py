@@ -32,7 +32,9 @@ from plrlhf.data.sources import DataError, read_records
 from plrlhf.data.tables import HubDataset
 from plrlhf.tokenizer import load_tokenizer
 
-Source = str | HubDataset
+# A dict, not HubDataset, in the signature: jsonargparse reads a string given for a dataclass-typed
+# argument as a config file, which would load a whole data file as YAML.
+Source = str | dict[str, str | None]
 Paths = Source | list[Source] | None
 Split = Literal["train", "validation", "test", "predict"]
 _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
@@ -50,7 +52,17 @@ def _as_list(paths: Paths) -> list[Any]:
     if paths is None:
         return []
     items = list(paths) if isinstance(paths, (list, tuple)) else [paths]
-    return [HubDataset(**item) if isinstance(item, dict) else item for item in items]
+    return [_hub_dataset(item) if isinstance(item, dict) else item for item in items]
+
+
+def _hub_dataset(spec: dict[str, Any]) -> HubDataset:
+    unknown = set(spec) - {"name", "subset", "split"}
+    if unknown or "name" not in spec:
+        raise ValueError(
+            f"a Hugging Face dataset is given as {{name, subset, split}}, got {spec} "
+            f"({'unknown ' + ', '.join(sorted(unknown)) if unknown else 'no name'})"
+        )
+    return HubDataset(**spec)
 
 
 def _as_plain(paths: Paths) -> Any:
@@ -110,7 +122,8 @@ class PreferenceDataModule(LightningDataModule):
             train: training data: file(s) (``.jsonl``, ``.json``, either gzipped, ``.parquet``,
                 ``.csv``, ``.arrow``), a Hugging Face dataset saved with ``save_to_disk`` (a
                 ``DatasetDict`` gives its split of this name), a dataset in the local Hugging Face
-                cache (``{name, subset, split}``), or from Python a ``datasets.Dataset``.
+                cache (``{name, subset, split}``), or from Python a ``datasets.Dataset`` or a
+                :class:`plrlhf.data.tables.HubDataset`.
             validation: validation data, as ``train``.
             test: test data, as ``train``.
             predict: data for ``predict``: triples are scored; records without responses
