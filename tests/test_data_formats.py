@@ -257,3 +257,15 @@ def test_the_cli_never_reads_a_data_file_while_parsing_its_arguments(tmp_path, m
         + ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     )
     assert by_jsonargparse == []
+
+
+def test_encoding_in_worker_processes_gives_the_same_triples_and_counts(tmp_path):
+    from plrlhf.data.encoding import Fields, encode_records
+    from plrlhf.data.sources import read_records
+    from plrlhf.tokenizer import load_tokenizer
+
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS * 3)
+    tokenizer = load_tokenizer(TOKENIZER)
+    alone = encode_records(read_records(path), tokenizer, Fields(), 1024, 512, chunk_size=4)
+    workers = encode_records(read_records(path), tokenizer, Fields(), 1024, 512, chunk_size=4, workers=2)
+    assert workers == alone and alone[1].read == 18 and alone[1].dropped == {"empty response": 3}

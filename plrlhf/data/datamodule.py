@@ -115,6 +115,7 @@ class PreferenceDataModule(LightningDataModule):
         cache: bool = True,
         cache_dir: str | None = None,
         max_records: int | None = None,
+        encode_workers: int = 1,
     ) -> None:
         """
         Args:
@@ -156,6 +157,10 @@ class PreferenceDataModule(LightningDataModule):
                 ``~/.cache/plrlhf``).
             max_records: read at most this many records of each source (smoke runs; set by the
                 CLI under ``fast_dev_run``).
+            encode_workers: processes that tokenize a source on a cache miss (the tokenizer
+                already uses every core within a process; more processes help when there are
+                many cores; a script that builds the data module needs ``if __name__ ==
+                "__main__":``).
         """
         super().__init__()
         self.save_hyperparameters()  # in checkpoints: adaptation reads the data settings back
@@ -180,6 +185,7 @@ class PreferenceDataModule(LightningDataModule):
             ("max_prompt_length", max_prompt_length, 1),
             ("num_workers", num_workers, 0),
             ("max_records", max_records if max_records is not None else 1, 1),
+            ("encode_workers", encode_workers, 1),
         ):
             if value < least:
                 raise ValueError(f"{name} must be >= {least}, got {value}")
@@ -202,6 +208,7 @@ class PreferenceDataModule(LightningDataModule):
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_records = max_records
+        self.encode_workers = encode_workers
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._entries: dict[tuple[Split, int], EncodedEntry] = {}
         self._registry: UserRegistry | None = None
@@ -320,6 +327,7 @@ class PreferenceDataModule(LightningDataModule):
                 self.max_prompt_length,
                 description=f"tokenizing {split}",
                 limit=self.max_records,
+                workers=self.encode_workers,
             )
             write_entry(directory, key, chunks, len(tokenizer), tables.describe(source))
             entry, why = load_entry(directory, key)

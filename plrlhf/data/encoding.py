@@ -7,9 +7,13 @@ Nothing is lost silently: every record read is either kept or counted under a na
 from __future__ import annotations
 
 import json
-from collections import Counter
+import multiprocessing
+import os
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -218,6 +222,7 @@ def encode_stream(
     description: str = "tokenizing",
     chunk_size: int = 4096,
     limit: int | None = None,
+    workers: int = 1,
 ) -> Iterator[EncodedChunk]:
     """Parse, render, tokenize and truncate records, ``chunk_size`` at a time (memory stays flat).
 
@@ -225,39 +230,89 @@ def encode_stream(
     response follows), to at most ``max_prompt_length`` tokens and so that prompt plus the longer
     response fit in ``max_length``; a leading BOS token is kept. A triple whose longer response
     cannot fit with at least one prompt token is dropped and counted. ``limit``: read at most this
-    many records. At least one chunk is yielded (empty when there are no records).
+    many records. ``workers`` > 1: chunks are rendered and tokenized in that many processes (this
+    one reads and checks the records), in order. At least one chunk is yielded (empty when there
+    are no records); the last chunk's ``stats`` and ``read_users`` describe the whole input.
     """
     stats = SplitStats()
     read_users: dict[str, Counter] = {}
+    encode = partial(_encode_chunk, max_length=max_length, max_prompt_length=max_prompt_length)
+    pool = None
+    if workers > 1:
+        context = multiprocessing.get_context("spawn")  # fork would copy a process with threads running
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(tokenizer,)
+        )
+    in_flight: deque[Future | EncodedChunk] = deque()
     progress = None  # shown from the second chunk on: small inputs print no bar
-    shown = False
-    pending: list[_Parsed] = []
-    for located in records:
-        if limit is not None and stats.read >= limit:
-            break
-        stats.read += 1
-        item = parse_record(located, fields)
-        raw_user = located.record.get(fields.user)
-        if item.user is not None:
-            read_users.setdefault(item.user, Counter())[json.dumps(raw_user)] += 1
-        if _is_empty(item.chosen) or _is_empty(item.rejected):
-            stats.drop("empty response")
-        elif item.chosen == item.rejected:
-            stats.drop("chosen == rejected")
-        else:
-            pending.append(item)
-        if len(pending) >= chunk_size:
-            shown = True
-            yield _encode_chunk(pending, tokenizer, max_length, max_prompt_length, stats, read_users)
-            if progress is None:
+
+    def finished(result: Future | tuple[EncodedChunk, SplitStats]) -> EncodedChunk:
+        nonlocal progress
+        chunk, chunk_stats = result.result() if isinstance(result, Future) else result
+        stats.kept += chunk_stats.kept
+        stats.prompt_truncated += chunk_stats.prompt_truncated
+        for reason, count in chunk_stats.dropped.items():
+            stats.dropped[reason] = stats.dropped.get(reason, 0) + count
+        chunk.stats, chunk.read_users = stats, read_users
+        if in_flight or progress is not None:
+            if progress is None:  # (a tqdm without total has no truth value)
                 progress = tqdm(desc=description, unit="ex", mininterval=1.0)
-            progress.update(len(pending))
-            pending = []
-    if pending or not shown:
-        yield _encode_chunk(pending, tokenizer, max_length, max_prompt_length, stats, read_users)
-    if progress is not None:
-        progress.update(len(pending))
-        progress.close()
+            progress.update(len(chunk.prompts) + sum(chunk_stats.dropped.values()))
+        return chunk
+
+    def submit(items: list[_Parsed]) -> None:
+        in_flight.append(
+            pool.submit(_encode_in_worker, items, max_length, max_prompt_length)
+            if pool
+            else encode(items, tokenizer)
+        )
+
+    try:
+        pending: list[_Parsed] = []
+        for located in records:
+            if limit is not None and stats.read >= limit:
+                break
+            stats.read += 1
+            item = parse_record(located, fields)
+            raw_user = located.record.get(fields.user)
+            if item.user is not None:
+                read_users.setdefault(item.user, Counter())[json.dumps(raw_user)] += 1
+            if _is_empty(item.chosen) or _is_empty(item.rejected):
+                stats.drop("empty response")
+            elif item.chosen == item.rejected:
+                stats.drop("chosen == rejected")
+            else:
+                pending.append(item)
+            if len(pending) >= chunk_size:
+                submit(pending)
+                pending = []
+                while len(in_flight) > 2 * max(workers, 1) - 1:
+                    yield finished(in_flight.popleft())
+        if pending or not in_flight:
+            submit(pending)
+        while in_flight:
+            yield finished(in_flight.popleft())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if progress is not None:
+            progress.close()
+
+
+_worker_tokenizer: PreTrainedTokenizerBase | None = None
+
+
+def _start_worker(tokenizer: PreTrainedTokenizerBase) -> None:
+    global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    _worker_tokenizer = tokenizer
+
+
+def _encode_in_worker(
+    chunk: list[_Parsed], max_length: int, max_prompt_length: int
+) -> tuple[EncodedChunk, SplitStats]:
+    assert _worker_tokenizer is not None
+    return _encode_chunk(chunk, _worker_tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
 
 
 def _encode_chunk(
@@ -265,10 +320,10 @@ def _encode_chunk(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     max_prompt_length: int,
-    stats: SplitStats,
-    read_users: dict[str, Counter],
-) -> EncodedChunk:
-    out = EncodedChunk([], [], [], [], [], [], stats, read_users)
+) -> tuple[EncodedChunk, SplitStats]:
+    """One chunk's triples and what happened to its records (drops, kept, truncated)."""
+    stats = SplitStats()
+    out = EncodedChunk([], [], [], [], [], [], stats, {})
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id
     rendered = [
@@ -303,8 +358,8 @@ def _encode_chunk(
         out.users.append(item.user)
         out.groups.append(item.group)
         out.wheres.append(item.where)
-    stats.kept += len(out.prompts)
-    return out
+    stats.kept = len(out.prompts)
+    return out, stats
 
 
 def encode_records(records: Iterable[Located], *args: Any, **kwargs: Any) -> tuple[list[Example], SplitStats]:
