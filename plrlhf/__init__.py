@@ -19,6 +19,8 @@ _EXPORTS = {
     "ClusterPDPO": "plrlhf.methods",
     "IndividualPDPO": "plrlhf.methods",
     "PreferenceModule": "plrlhf.methods",
+    "RewardModel": "plrlhf.methods",
+    "PersonalizedRewardModel": "plrlhf.methods",
     "DataError": "plrlhf.data",
     "PreferenceDataModule": "plrlhf.data",
     "UserRegistry": "plrlhf.data",
@@ -37,15 +39,26 @@ __all__ = [
     "IndividualPDPO",
     "IndividualUserModel",
     "LowRankUserModel",
+    "PersonalizedRewardModel",
     "PreferenceDataModule",
     "PreferenceModule",
+    "RewardModel",
     "UserModel",
     "UserRegistry",
 ]
 
 if TYPE_CHECKING:
     from plrlhf.data import DataError, PreferenceDataModule, UserRegistry
-    from plrlhf.methods import DPO, PDPO, SFT, ClusterPDPO, IndividualPDPO, PreferenceModule
+    from plrlhf.methods import (
+        DPO,
+        PDPO,
+        SFT,
+        ClusterPDPO,
+        IndividualPDPO,
+        PersonalizedRewardModel,
+        PreferenceModule,
+        RewardModel,
+    )
     from plrlhf.user_models import ClusterUserModel, IndividualUserModel, LowRankUserModel, UserModel
 
 

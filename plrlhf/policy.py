@@ -133,6 +133,7 @@ class Policy(nn.Module):
         super().__init__()
         self.reference_free = True
         self.reference: PreTrainedModel | None = None
+        self.value_head: nn.Linear | None = None
         if lora is not None:
             lora = copy.deepcopy(lora)
             lora.task_type = lora.task_type or "CAUSAL_LM"
@@ -141,6 +142,13 @@ class Policy(nn.Module):
             self.lm = model
         if not reference_free:
             self.use_reference()
+
+    def add_value_head(self) -> None:
+        """Score responses by a scalar read at their last token (a reward model) instead of their
+        log-probability, from now on: a linear layer on the decoder's last hidden state."""
+        head = nn.Linear(self.hidden_size, 1, bias=False)
+        nn.init.normal_(head.weight, std=1 / (self.hidden_size + 1) ** 0.5)
+        self.value_head = head.to(self.hf_model.get_input_embeddings().weight.device)
 
     def use_reference(self) -> None:
         """Score under a reference from now on: the adapters disabled with LoRA, else a frozen copy
@@ -190,6 +198,8 @@ class Policy(nn.Module):
         and the generic user) all conditions run in one forward, the token rows embedded once.
         ``layout``: ``pair`` (one row per response), ``shared_prompt`` (one row ``[prompt, chosen,
         rejected]``) or ``after_prompt`` (two conditions whose tokens follow a shared prompt).
+        With a value head (:meth:`add_value_head`) the scores are the head's values at each
+        response's last token, and the counts 1.
         """
         if layout == "after_prompt":
             if not soft_tokens or len(soft_tokens) != 2:
@@ -272,7 +282,9 @@ class Policy(nn.Module):
             soft_tokens: optional ``(B, P, d)`` user tokens prepended to the embeddings.
             embeds: the embeddings of ``input_ids`` when the caller already has them.
         """
-        return score_rows(self.hf_model, input_ids, attention_mask, response_mask, soft_tokens, embeds)
+        return score_rows(
+            self.hf_model, input_ids, attention_mask, response_mask, soft_tokens, embeds, self.value_head
+        )
 
     def tree_logps(
         self,
@@ -300,7 +312,15 @@ class Policy(nn.Module):
             ``(sums, counts)``, both ``(B, len(scored))``.
         """
         return tree_score(
-            self.hf_model, input_ids, segments, parents, scored, soft_tokens, embeds, soft_column
+            self.hf_model,
+            input_ids,
+            segments,
+            parents,
+            scored,
+            soft_tokens,
+            embeds,
+            soft_column,
+            self.value_head,
         )
 
     @torch.no_grad()
@@ -365,9 +385,11 @@ def score_rows(
     response_mask: Tensor,
     soft_tokens: Tensor | None = None,
     embeds: Tensor | None = None,
+    value_head: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed response log-probs of right-padded rows under ``model`` (see
-    :meth:`Policy.response_logps`), soft tokens prepended."""
+    :meth:`Policy.response_logps`), soft tokens prepended; with ``value_head``, its value at each
+    row's last response token instead."""
     if embeds is None:
         embeds = model.get_input_embeddings()(input_ids)
     n_soft = 0
@@ -377,7 +399,17 @@ def score_rows(
     else:
         position_ids = positions_from_mask(attention_mask)
     hidden = _decoder(model, embeds, attention_mask, position_ids)[:, n_soft:]
+    if value_head is not None:
+        positions = torch.arange(response_mask.shape[1], device=response_mask.device).expand_as(response_mask)
+        last = torch.where(response_mask, positions, -1).amax(dim=1)
+        return _values(
+            value_head, hidden[torch.arange(len(last), device=last.device), last]
+        ), torch.ones_like(last)
     return sequence_logps(hidden, input_ids, response_mask, *_head(model))
+
+
+def _values(value_head: nn.Module, hidden: Tensor) -> Tensor:
+    return value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
 
 
 def _decoder(model: PreTrainedModel, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
@@ -410,6 +442,7 @@ def tree_score(
     soft_tokens: Tensor | None = None,
     embeds: Tensor | None = None,
     soft_column: int | None = None,
+    value_head: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     if embeds is None:
         embeds = model.get_input_embeddings()(input_ids)
@@ -426,6 +459,13 @@ def tree_score(
     # infer packed sequences or plain causal attention instead.
     hidden = _decoder(model, embeds, layout.additive_mask(embeds.dtype), layout.position_ids)
     column, counts = _scored_counts(segments, scored)
+    if value_head is not None:  # each scored segment's last token
+        positions = torch.arange(column.shape[1], device=column.device).expand_as(column)
+        last = torch.full(counts.shape, -1, dtype=torch.long, device=column.device).scatter_reduce(
+            1, column.clamp(min=0), torch.where(column >= 0, positions, -1), "amax"
+        )
+        rows = torch.arange(len(last), device=last.device)[:, None].expand_as(last)
+        return _values(value_head, hidden[rows, last]), torch.ones_like(counts)
     take = (column >= 0) & (layout.predictor >= 0)
     rows, cols = torch.nonzero(take, as_tuple=True)
     logps = token_logps(hidden[rows, layout.predictor[rows, cols]], input_ids[rows, cols], *_head(model))

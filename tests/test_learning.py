@@ -7,8 +7,15 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 
-from plrlhf import DPO, ClusterPDPO, IndividualPDPO, PreferenceDataModule
-from plrlhf.user_models import ClusterUserModel
+from plrlhf import (
+    DPO,
+    ClusterPDPO,
+    IndividualPDPO,
+    PersonalizedRewardModel,
+    PreferenceDataModule,
+    RewardModel,
+)
+from plrlhf.user_models import ClusterUserModel, IndividualUserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
 
 MAJORITY, MINORITY = ("user_0", "user_2", "user_3"), ("user_1",)
@@ -30,7 +37,7 @@ def train_and_test(method, tmp_path, epochs=2, **method_args):
         model=TINY_MODELS["llama"],
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
-        beta=0.1,
+        beta=method_args.pop("beta", 0.1),
         optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
         **method_args,
     )
@@ -93,3 +100,11 @@ def test_low_rank_user_model_serves_the_minority(tmp_path):
     factory = functools.partial(LowRankUserModel, n_tokens=10, rank=4, sparse=True)
     low_rank = train_and_test(PDPO, tmp_path, user_model=factory, user_model_lr=0.01)
     assert accuracy(low_rank, "majority") > 0.9 and accuracy(low_rank, "minority") > 0.9
+
+
+def test_the_personalized_reward_model_serves_the_minority_and_the_plain_one_does_not(tmp_path):
+    plain = train_and_test(RewardModel, tmp_path, beta=1.0)
+    personal = train_and_test(PersonalizedRewardModel, tmp_path, 3, beta=1.0, user_model=IndividualUserModel)
+    assert accuracy(plain, "majority") > 0.9 and accuracy(plain, "minority") < 0.1
+    assert accuracy(personal, "majority") > 0.9 and accuracy(personal, "minority") > 0.9
+    assert accuracy(personal, "minority", "test/generic") < 0.2  # the generic user's reward: the majority's
