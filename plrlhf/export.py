@@ -24,8 +24,13 @@ from typing import Any
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from torch import Tensor
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from plrlhf.data.registry import UserRegistry
 from plrlhf.generation import generate
@@ -68,6 +73,8 @@ def _write_export(module: Any, out: Path, registry: UserRegistry, merge_lora: bo
         "user_tokens": module.user_tokens,
         "num_users": len(registry),
     }
+    if policy.value_head is not None and policy.uses_lora and not merge_lora:
+        raise ValueError("a reward model is exported merged (merge_lora=True): its head and LM as one model")
     if policy.uses_lora and not merge_lora:
         policy.lm.save_pretrained(out / "adapter")
         source = module.hparams.get("model")
@@ -80,6 +87,9 @@ def _write_export(module: Any, out: Path, registry: UserRegistry, merge_lora: bo
     else:
         # Merge into a copy: the module stays usable (and trainable) after export.
         model = copy.deepcopy(policy.lm).merge_and_unload() if policy.uses_lora else policy.lm
+        if policy.value_head is not None:
+            model = _sequence_classifier(model, policy.value_head, policy.value_skip_token)
+            manifest["head"] = "reward"
         model.save_pretrained(out / "model")
         manifest["model"] = "model"
     load_tokenizer(module.tokenizer_path).save_pretrained(out / "tokenizer")
@@ -94,6 +104,24 @@ def _write_export(module: Any, out: Path, registry: UserRegistry, merge_lora: bo
         manifest["user_model"] = "user_model.json"
     (out / "plrlhf.json").write_text(json.dumps(manifest, indent=1))
     (out / "README.md").write_text(_card(manifest, registry))
+
+
+def _sequence_classifier(
+    model: PreTrainedModel, head: nn.Linear, pad_token_id: int | None
+) -> PreTrainedModel:
+    """The LM's decoder with the reward head as transformers' ``*ForSequenceClassification``
+    (one label): ``AutoModelForSequenceClassification.from_pretrained`` reads it as it is."""
+    config = copy.deepcopy(model.config)
+    config.num_labels = 1
+    config.pad_token_id = pad_token_id
+    config.architectures = None
+    classifier = AutoModelForSequenceClassification.from_config(config)
+    missing, _ = classifier.load_state_dict(model.state_dict(), strict=False)  # the LM head is left out
+    if not isinstance(getattr(classifier, "score", None), nn.Linear) or set(missing) != {"score.weight"}:
+        raise TypeError(f"{type(classifier).__name__} does not hold a decoder plus a 'score' head")
+    with torch.no_grad():
+        classifier.score.weight.copy_(head.weight)
+    return classifier.to(model.dtype)
 
 
 def _base_weights(policy: Policy) -> PreTrainedModel:
@@ -154,6 +182,24 @@ class PersonalizedLM:
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str], users: list[Any]) -> Tensor:
         """Summed log-probability of each response (EOS appended) given its prompt and user."""
+        if self.reward_head is not None:
+            raise TypeError("this is a reward model: use reward()")
+        return self._score_rows(prompts, responses, users)
+
+    @torch.no_grad()
+    def reward(self, prompts: list[str], responses: list[str], users: list[Any]) -> Tensor:
+        """The reward of each response (EOS appended) to its prompt, for its user: the value head
+        at the last token that is not padding, as in training."""
+        if self.reward_head is None:
+            raise TypeError("this is a language model, not a reward model: use score()")
+        return self._score_rows(prompts, responses, users)
+
+    @property
+    def reward_head(self) -> nn.Module | None:
+        head = getattr(self.model, "score", None)
+        return head if isinstance(head, nn.Linear) else None
+
+    def _score_rows(self, prompts: list[str], responses: list[str], users: list[Any]) -> Tensor:
         eos = self.tokenizer.eos_token_id
         prompt_ids = self.tokenizer(prompts)["input_ids"]
         response_ids = [
@@ -161,6 +207,7 @@ class PersonalizedLM:
         ]
         soft = self.soft_tokens(self.user_indices(users))
         pad = self.tokenizer.pad_token_id
+        head = self.reward_head
         if soft is not None and self.user_tokens == "after_prompt":
             ids, segments, column = _prompt_soft_response_rows(prompt_ids, response_ids, soft.shape[1], pad)
             # [prompt | user tokens | response] as a tree of three segments (policy.tree_logps)
@@ -172,6 +219,8 @@ class PersonalizedLM:
                 (2,),
                 soft,
                 soft_column=column,
+                value_head=head,
+                skip_token=pad if head is not None else None,
             )
             return sums[:, 0]
         rows = [p + r for p, r in zip(prompt_ids, response_ids)]
@@ -186,7 +235,9 @@ class PersonalizedLM:
             dtype=torch.bool,
             device=self.device,
         )
-        sums, _ = score_rows(self.model, ids, mask, resp, soft_tokens=soft)
+        if head is not None:
+            resp = resp & (ids != pad)
+        sums, _ = score_rows(self.model, ids, mask, resp, soft_tokens=soft, value_head=head)
         return sums
 
 
@@ -216,7 +267,10 @@ def load(
             f"{root}: export format {manifest.get('format')}, this plrlhf reads {FORMAT_VERSION}"
         )
     if "model" in manifest:
-        model = AutoModelForCausalLM.from_pretrained(root / manifest["model"], dtype=dtype)
+        auto = (
+            AutoModelForSequenceClassification if manifest.get("head") == "reward" else AutoModelForCausalLM
+        )
+        model = auto.from_pretrained(root / manifest["model"], dtype=dtype)
     else:
         base = manifest["base"]
         base_path = root / base if (root / base).is_dir() else Path(base)

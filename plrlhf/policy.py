@@ -134,6 +134,7 @@ class Policy(nn.Module):
         self.reference_free = True
         self.reference: PreTrainedModel | None = None
         self.value_head: nn.Linear | None = None
+        self.value_skip_token: int | None = None
         if lora is not None:
             lora = copy.deepcopy(lora)
             lora.task_type = lora.task_type or "CAUSAL_LM"
@@ -143,9 +144,12 @@ class Policy(nn.Module):
         if not reference_free:
             self.use_reference()
 
-    def add_value_head(self) -> None:
+    def add_value_head(self, pad_token_id: int | None = None) -> None:
         """Score responses by a scalar read at their last token (a reward model) instead of their
-        log-probability, from now on: a linear layer on the decoder's last hidden state."""
+        log-probability, from now on: a linear layer on the decoder's last hidden state, read at
+        the last token that is not ``pad_token_id`` (transformers' rule for sequence
+        classification, so that the exported model reads the same position)."""
+        self.value_skip_token = pad_token_id
         head = nn.Linear(self.hidden_size, 1, bias=False)
         nn.init.normal_(head.weight, std=1 / (self.hidden_size + 1) ** 0.5)
         self.value_head = head.to(self.hf_model.get_input_embeddings().weight.device)
@@ -199,7 +203,8 @@ class Policy(nn.Module):
         ``layout``: ``pair`` (one row per response), ``shared_prompt`` (one row ``[prompt, chosen,
         rejected]``) or ``after_prompt`` (two conditions whose tokens follow a shared prompt).
         With a value head (:meth:`add_value_head`) the scores are the head's values at each
-        response's last token, and the counts 1.
+        row's last token that is not padding (as transformers' ``*ForSequenceClassification``
+        reads it: the EOS, or the token before it when the tokenizer pads with EOS), counts 1.
         """
         if layout == "after_prompt":
             if not soft_tokens or len(soft_tokens) != 2:
@@ -282,6 +287,8 @@ class Policy(nn.Module):
             soft_tokens: optional ``(B, P, d)`` user tokens prepended to the embeddings.
             embeds: the embeddings of ``input_ids`` when the caller already has them.
         """
+        if self.value_head is not None and self.value_skip_token is not None:
+            response_mask = response_mask & (input_ids != self.value_skip_token)
         return score_rows(
             self.hf_model, input_ids, attention_mask, response_mask, soft_tokens, embeds, self.value_head
         )
@@ -321,6 +328,7 @@ class Policy(nn.Module):
             embeds,
             soft_column,
             self.value_head,
+            self.value_skip_token,
         )
 
     @torch.no_grad()
@@ -443,7 +451,11 @@ def tree_score(
     embeds: Tensor | None = None,
     soft_column: int | None = None,
     value_head: nn.Module | None = None,
+    skip_token: int | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """Summed log-probs of the ``scored`` segments of tree-packed rows (see
+    :meth:`Policy.tree_logps`); with ``value_head``, its value at each scored segment's last token
+    other than ``skip_token`` instead."""
     if embeds is None:
         embeds = model.get_input_embeddings()(input_ids)
     if soft_tokens is not None and soft_column is not None:
@@ -461,8 +473,9 @@ def tree_score(
     column, counts = _scored_counts(segments, scored)
     if value_head is not None:  # each scored segment's last token
         positions = torch.arange(column.shape[1], device=column.device).expand_as(column)
+        counted = column >= 0 if skip_token is None else (column >= 0) & (input_ids != skip_token)
         last = torch.full(counts.shape, -1, dtype=torch.long, device=column.device).scatter_reduce(
-            1, column.clamp(min=0), torch.where(column >= 0, positions, -1), "amax"
+            1, column.clamp(min=0), torch.where(counted, positions, -1), "amax"
         )
         rows = torch.arange(len(last), device=last.device)[:, None].expand_as(last)
         return _values(value_head, hidden[rows, last]), torch.ones_like(counts)

@@ -7,7 +7,8 @@ import torch
 from peft import LoraConfig
 from torch.testing import assert_close
 
-from plrlhf import IndividualPDPO, PreferenceDataModule
+import plrlhf
+from plrlhf import IndividualPDPO, PreferenceDataModule, RewardModel
 from plrlhf.export import export, load
 from plrlhf.user_models import ClusterUserModel, IndividualUserModel
 from tests.conftest import TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
@@ -79,8 +80,9 @@ def test_user_models_record_their_arguments():
     assert ClusterUserModel(3, 8, n_clusters=7).init_args["n_clusters"] == 7
 
 
+@pytest.mark.parametrize("method", ["IndividualPDPO", "PersonalizedRewardModel"])
 @pytest.mark.parametrize("user_tokens", ["before_prompt", "after_prompt"])
-def test_exported_scores_equal_the_training_stack(tmp_path, user_tokens):
+def test_exported_scores_equal_the_training_stack(tmp_path, user_tokens, method):
     """``load(dir).score`` against the method's own scoring of the same triples (not against
     itself): every layout, users seen and unseen."""
     rows = synthetic_rows("test", 6)
@@ -91,21 +93,52 @@ def test_exported_scores_equal_the_training_stack(tmp_path, user_tokens):
         test=path,
         eval_batch_size=6,
     )
-    module = IndividualPDPO(
+    lora = (
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]) if method == "PersonalizedRewardModel" else None
+    )
+    module = getattr(plrlhf, method)(
         model=TINY_MODELS["llama"],
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
         user_model=partial(IndividualUserModel, n_tokens=3),
         user_tokens=user_tokens,
+        lora=lora,
     ).eval()
     randomize_user_model(module)
+    if lora is not None:  # adapters that change the scores, to see them merged into the export
+        with torch.no_grad():
+            for name, parameter in module.policy.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(std=0.1)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     with torch.no_grad():
         expected = module.score(batch)["user"]
     loaded = load(export(module, tmp_path / "export", dm.registry))
     users = [r["user_id"] for r in rows]
-    chosen = loaded.score([r["prompt"] for r in rows], [r["chosen"] for r in rows], users)
-    rejected = loaded.score([r["prompt"] for r in rows], [r["rejected"] for r in rows], users)
+    scoring = loaded.reward if method == "PersonalizedRewardModel" else loaded.score
+    chosen = scoring([r["prompt"] for r in rows], [r["chosen"] for r in rows], users)
+    rejected = scoring([r["prompt"] for r in rows], [r["rejected"] for r in rows], users)
     assert_close(chosen, expected.policy_chosen, atol=1e-4, rtol=1e-5)
     assert_close(rejected, expected.policy_rejected, atol=1e-4, rtol=1e-5)
+
+
+def test_an_exported_reward_model_is_read_by_transformers_as_a_sequence_classifier(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from plrlhf.data.registry import UserRegistry
+    from plrlhf.tokenizer import load_tokenizer
+
+    module = RewardModel(model=TINY_MODELS["llama"], tokenizer=TOKENIZER).eval()
+    loaded = load(export(module, tmp_path / "rm", UserRegistry()))
+    rows = synthetic_rows("test", 4)
+    ours = loaded.reward([r["prompt"] for r in rows], [r["chosen"] for r in rows], [None] * 4)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model").eval()
+    tokenizer = load_tokenizer(TOKENIZER)
+    texts = [r["prompt"] + r["chosen"] for r in rows]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = classifier(**encoded).logits[:, 0]
+    assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    with pytest.raises(TypeError, match="use reward"):
+        loaded.score(["x"], ["y"], [None])

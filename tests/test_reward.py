@@ -27,7 +27,7 @@ def test_bradley_terry_loss_and_accuracy_by_hand():
 
 
 @pytest.mark.parametrize("shared_prompt", [False, True])
-def test_the_reward_is_the_head_at_the_last_response_token(tmp_path, shared_prompt):
+def test_the_reward_is_the_head_at_the_last_token_that_is_not_padding(tmp_path, shared_prompt):
     _, batch = make_batch(tmp_path)
     module = RewardModel(model=TINY_MODELS["llama"], tokenizer=TOKENIZER, shared_prompt=shared_prompt).eval()
     with torch.no_grad():
@@ -36,7 +36,9 @@ def test_the_reward_is_the_head_at_the_last_response_token(tmp_path, shared_prom
         expected = []
         for row in range(batch["input_ids"].shape[0]):
             ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]  # [prompt; response], unpadded
-            hidden = model.base_model(input_ids=ids[None]).last_hidden_state[0, -1]
+            # transformers' rule: the last token that is not padding (the tokenizer pads with EOS)
+            last = int(torch.nonzero(ids != module.pad_token_id).max())
+            hidden = model.base_model(input_ids=ids[None]).last_hidden_state[0, last]
             expected.append(head(hidden).squeeze())
     chosen, rejected = torch.stack(expected).chunk(2)
     assert_close(scores.policy_chosen, chosen, atol=1e-5, rtol=1e-4)

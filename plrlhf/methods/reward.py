@@ -30,7 +30,7 @@ def _become_reward_model(module: DPO | PDPO, center_rewards: float) -> None:
     if module.nll_weight or module.precomputed is not None:
         raise ValueError("nll_weight and precompute_reference do not apply to a reward model")
     module.center_rewards = center_rewards
-    module.policy.add_value_head()
+    module.policy.add_value_head(module.pad_token_id)
 
 
 def _reward_objective(module: DPO | PDPO, batch: Batch) -> tuple[Tensor, Values]:
