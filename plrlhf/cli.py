@@ -271,11 +271,17 @@ COMMANDS = {
     "predict": "generate a response per (user, prompt), or score triples, to predictions.jsonl",
     "data": "build train/validation/test triples from a dataset's published files",
     "adapt": "add users who arrive after training, from a few of their preferences",
+    "evaluate": "generate per (user, prompt) with a model and a baseline; a judge gives win rates",
     "convert-gguf": "convert a GGUF checkpoint (SmolLM2 offline) to a transformers directory",
 }
 
 
-OWN_PARSERS = {"data": "plrlhf.builders.cli", "adapt": "plrlhf.adapt", "convert-gguf": "plrlhf.gguf"}
+OWN_PARSERS = {
+    "data": "plrlhf.builders.cli",
+    "adapt": "plrlhf.adapt",
+    "evaluate": "plrlhf.evaluate",
+    "convert-gguf": "plrlhf.gguf",
+}
 
 
 def overview() -> str:

@@ -150,6 +150,8 @@ class PersonalizedLM:
     registry: UserRegistry
     user_model: UserModel | None = None
     user_tokens: str = "before_prompt"
+    value_head: nn.Module | None = None
+    """A reward model's head, when ``model`` is the bare causal LM (from a checkpoint)."""
 
     def user_indices(self, users: list[Any]) -> Tensor:
         """Model indices of raw user ids; users not seen in training get the generic user 0."""
@@ -196,6 +198,8 @@ class PersonalizedLM:
 
     @property
     def reward_head(self) -> nn.Module | None:
+        if self.value_head is not None:
+            return self.value_head
         head = getattr(self.model, "score", None)
         return head if isinstance(head, nn.Linear) else None
 
