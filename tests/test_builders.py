@@ -459,3 +459,31 @@ def test_tldr_from_hugging_face_layouts_equals_the_published_files(tmp_path, lay
         assert read(tmp_path / f"from-hf/{split}.jsonl") == read(tmp_path / f"from-jsonl/{split}.jsonl"), (
             split
         )
+
+
+def test_length_task_with_three_tastes_counts_and_labels(tmp_path):
+    from plrlhf.builders.length_task import make_length_task
+
+    report = make_length_task(
+        str(tmp_path / "three"),
+        users=20,
+        unseen_users=4,
+        train_per_user=10,
+        validation_per_user=2,
+        test_per_user=4,
+        shares={"longer": 0.6, "shorter": 0.25, "medium": 0.15},
+    )
+    train = read(tmp_path / "three/train.jsonl")
+    tastes = {r["user_id"]: r["group"] for r in train}
+    # 20 users: round(0.15 * 20) = 3 medium, round(0.25 * 20) = 5 shorter, the remaining 12 longer
+    assert sorted(tastes.values()).count("medium") == 3 and list(tastes.values()).count("shorter") == 5
+    assert len(train) == 200 and sum(report["test"].values()) == 24 * 4
+    summary_sentences = {1: 1, 2: 2, 4: 3, 5: 4}  # periods -> summary sentences (the third adds two)
+    for row in train:
+        chosen, rejected = (summary_sentences[row[k].count(".")] for k in ("chosen", "rejected"))
+        if row["group"] == "medium":  # 2-3 sentences over 1 or 4, never a tie
+            assert abs(chosen - 2.5) < abs(rejected - 2.5)
+        else:
+            assert (chosen > rejected) == (row["group"] == "longer")
+    with pytest.raises(ValueError, match="longer/shorter/medium"):
+        make_length_task(str(tmp_path / "bad"), shares={"longer": 0.5, "loud": 0.5})

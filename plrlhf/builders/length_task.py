@@ -144,10 +144,20 @@ def _story(rng: random.Random) -> _Story:
     )
 
 
-def _triple(rng: random.Random, user: str, prefers_longer: bool, group: str) -> dict[str, str]:
+# Sentence counts a "medium" user prefers over any other: no pair is a tie for them.
+MEDIUM_PAIRS = [(1, 2), (1, 3), (2, 4), (3, 4)]
+
+
+def _triple(rng: random.Random, user: str, taste: str, group: str) -> dict[str, str]:
+    """One triple for a user who prefers ``longer``, ``shorter`` or ``medium`` (2-3 sentences
+    over 1 or 4) summaries."""
     story = _story(rng)
-    short, long = sorted(rng.sample([1, 2, 3, 4], 2))
+    short, long = rng.choice(MEDIUM_PAIRS) if taste == "medium" else sorted(rng.sample([1, 2, 3, 4], 2))
     short_text, long_text = story.summary(short), story.summary(long)
+    if taste == "medium":
+        prefers_longer = abs(long - 2.5) < abs(short - 2.5)
+    else:
+        prefers_longer = taste == "longer"
     chosen, rejected = (long_text, short_text) if prefers_longer else (short_text, long_text)
     prompt = f"{rng.choice(REQUESTS)}\nNote: {story.note()}\nSummary:"
     return {
@@ -168,6 +178,7 @@ def make_length_task(
     validation_per_user: int = 25,
     test_per_user: int = 40,
     seed: int = 123,
+    shares: dict[str, float] | None = None,
 ) -> dict[str, Counter]:
     """The synthetic length-preference task (the bundled data).
 
@@ -184,13 +195,29 @@ def make_length_task(
         validation_per_user: validation triples per seen user.
         test_per_user: test triples per user.
         seed: seed of everything.
+        shares: instead of two groups, the share of users of each taste among ``longer``,
+            ``shorter`` and ``medium`` (2-3 sentences over 1 or 4), e.g. ``{longer: 0.6, shorter:
+            0.25, medium: 0.15}``; the group label is the taste. Counts are rounded, the largest
+            share taking the remainder.
     """
     rng = random.Random(seed)
+    if shares is not None:
+        unknown = set(shares) - {"longer", "shorter", "medium"}
+        if unknown or abs(sum(shares.values()) - 1) > 1e-6:
+            raise ValueError(f"shares must give longer/shorter/medium summing to 1, got {shares}")
 
-    def assign(prefix: str, n: int) -> dict[str, bool]:
+    def assign(prefix: str, n: int) -> dict[str, tuple[str, str]]:
+        """Each user's taste and group label."""
         names = [f"{prefix}_{i}" for i in range(n)]
-        majority = set(rng.sample(names, round(majority_share * n)))
-        return {u: u in majority for u in names}
+        if shares is None:
+            majority = set(rng.sample(names, round(majority_share * n)))
+            return {u: ("longer", "majority") if u in majority else ("shorter", "minority") for u in names}
+        order = sorted(shares, key=shares.get)  # smallest first; the largest takes the remainder
+        counts = {t: round(shares[t] * n) for t in order[:-1]}
+        counts[order[-1]] = n - sum(counts.values())
+        shuffled = rng.sample(names, n)
+        tastes = [t for t in order for _ in range(counts[t])]
+        return {u: (tastes[shuffled.index(u)], tastes[shuffled.index(u)]) for u in names}
 
     seen, unseen = assign("user", users), assign("new", unseen_users)
     plan = {
@@ -201,9 +228,7 @@ def make_length_task(
     splits = {}
     for split, (pool, per_user) in plan.items():
         rows = [
-            _triple(rng, user, longer, "majority" if longer else "minority")
-            for user, longer in pool.items()
-            for _ in range(per_user)
+            _triple(rng, user, taste, group) for user, (taste, group) in pool.items() for _ in range(per_user)
         ]
         rng.shuffle(rows)
         splits[split] = rows
@@ -217,7 +242,7 @@ def write_new_user_preferences(
     ``plrlhf adapt``; drawn with their own seed, so they differ from every split's triples."""
     rng = random.Random(seed)
     rows = [
-        _triple(rng, user, longer, "majority" if longer else "minority")
+        _triple(rng, user, "longer" if longer else "shorter", "majority" if longer else "minority")
         for user, longer in users.items()
         for _ in range(per_user)
     ]

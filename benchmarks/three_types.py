@@ -1,0 +1,90 @@
+"""Three preference types with unequal groups (issue 12, part 4): whom does each method serve?
+
+    python benchmarks/three_types.py [--variants shipped individual ...] [--seeds 0 1]
+
+Data: `plrlhf data length --shares '{longer: 0.6, shorter: 0.25, medium: 0.15}'`, 20 seen users
+(12 / 5 / 3), 100 training triples each, 4 unseen users; a task no config was tuned on. Each
+variant is a method config composed with `configs/experiment/synthetic-length.yaml` (tiny Llama,
+3 epochs), trained with `plrlhf fit` and tested with `plrlhf test`, as a user runs them. Prints the
+held-out reward accuracy per type (mean over seen users of the type) and its worst seen user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from cli_steps import fit, test
+
+from plrlhf.cli import main as plrlhf
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "configs/experiment/synthetic-length.yaml"
+SHARES = {"longer": 0.6, "shorter": 0.25, "medium": 0.15}
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "individual": ("individual_pdpo", []),
+    "shipped": ("cluster_pdpo", []),
+    # what was changed, one at a time, to find why the smallest type was not served
+    "K=10": ("cluster_pdpo", ["--model.init_args.user_model.init_args.n_clusters", "10"]),
+    "user lr 0.1": ("cluster_pdpo", ["--model.init_args.user_model_lr", "0.1"]),
+    "logits zeros": ("cluster_pdpo", ["--model.init_args.user_model.init_args.weight_init", "zeros"]),
+    "dpo": ("dpo", []),
+}
+
+
+def data(out: Path) -> Path:
+    directory = out / "data"
+    if not (directory / "test.jsonl").is_file():
+        plrlhf(
+            ["data", "length", "--out", str(directory), "--users", "20", "--unseen_users", "4"]
+            + ["--train_per_user", "100", "--shares", json.dumps(SHARES)]
+        )
+    return directory
+
+
+def per_type(metrics: dict[str, float], directory: Path) -> dict[str, tuple[float, float]]:
+    """Mean and worst held-out accuracy of the seen users of each type."""
+    users = {}
+    for line in (directory / "train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        users[row["user_id"]] = row["group"]
+    result = {}
+    for taste in SHARES:
+        values = [metrics[f"test/rewards/accuracy/user/{u}"] for u, g in users.items() if g == taste]
+        result[taste] = (statistics.mean(values), min(values))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", default="runs/three-types")
+    args = parser.parse_args()
+    out = Path(args.out)
+    directory = data(out)
+    files = [f"--data.init_args.{s}" for s in ("train", "validation", "test")]
+    paths = [str(directory / f"{s}.jsonl") for s in ("train", "validation", "test")]
+    settings = [a for pair in zip(files, paths) for a in pair] + ["--data.init_args.validation", "null"]
+    print("| variant | seed | " + " | ".join(f"{t} ({SHARES[t]:.0%}) mean / worst" for t in SHARES) + " |")
+    print("|---|---|" + "---|" * len(SHARES))
+    for name in args.variants:
+        method, extra = VARIANTS[name]
+        for seed in args.seeds:
+            version = f"{name.replace(' ', '_').replace('=', '')}-seed{seed}"
+            run = out / version
+            if not (run / "test" / "test_metrics.json").is_file():
+                fit(method, EXPERIMENT, out, version, *settings, "--seed_everything", str(seed), *extra)
+                metrics = test(run)
+            else:
+                metrics = json.loads((run / "test" / "test_metrics.json").read_text())
+            cells = [f"{m:.2f} / {w:.2f}" for m, w in per_type(metrics, directory).values()]
+            print(f"| {name} | {seed} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
