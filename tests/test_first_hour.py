@@ -16,9 +16,18 @@ CONFIGS = ROOT / "configs"
 def test_the_top_level_help_lists_every_command(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "data", "adapt", "convert-gguf"):
+    for command in ("fit", "validate", "test", "predict", "data", "adapt", "evaluate", "convert-gguf"):
         assert f"  {command} " in out, command
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "data", "adapt", "convert-gguf"}
+    assert set(COMMANDS) == {
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "data",
+        "adapt",
+        "evaluate",
+        "convert-gguf",
+    }
     main([])
     assert capsys.readouterr().out == out
     main(["--version"])
