@@ -269,3 +269,14 @@ def test_encoding_in_worker_processes_gives_the_same_triples_and_counts(tmp_path
     alone = encode_records(read_records(path), tokenizer, Fields(), 1024, 512, chunk_size=4)
     workers = encode_records(read_records(path), tokenizer, Fields(), 1024, 512, chunk_size=4, workers=2)
     assert workers == alone and alone[1].read == 18 and alone[1].dropped == {"empty response": 3}
+
+
+def test_encoded_splits_pickle_by_reference_not_by_copy(tmp_path):
+    import pickle
+
+    dm = loaded(str(write_jsonl(tmp_path / "d.jsonl", ROWS * 200)), tmp_path)
+    data = dm.datasets["train"]
+    blob = pickle.dumps(data)
+    assert bytes(data.entries[0].tokens[:64]) not in blob  # the token ids are not in it
+    again = pickle.loads(blob)
+    assert [again[i] for i in range(0, len(data), 97)] == [data[i] for i in range(0, len(data), 97)]

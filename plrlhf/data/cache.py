@@ -192,6 +192,11 @@ class EncodedEntry:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by reference (DDP spawn, data loader workers): the other process maps the same
+        # files instead of receiving a copy of every token id. Checked when this one loaded it.
+        return (_reopen, (str(self.directory.parent), self.key, self.fresh))
+
     def ids(self, row: int) -> tuple[list[int], list[int], list[int]]:
         start = int(self.starts[row])
         p, c, r = (int(n) for n in self.lengths[row])
@@ -202,9 +207,10 @@ class EncodedEntry:
         return bytes(self._where[self._where_offsets[row] : self._where_offsets[row + 1]]).decode()
 
 
-def load_entry(directory: Path, key: str) -> tuple[EncodedEntry | None, str]:
+def load_entry(directory: Path, key: str, verify: bool = True) -> tuple[EncodedEntry | None, str]:
     """The entry ``directory/key``, checked against its checksums; ``(None, why)`` when it is
-    missing, from another version, or damaged."""
+    missing, from another version, or damaged. ``verify=False`` skips the checksums (an entry
+    this run has already checked, reopened in another process)."""
     path = directory / key
     if not path.is_dir():
         return None, "not cached"
@@ -212,7 +218,7 @@ def load_entry(directory: Path, key: str) -> tuple[EncodedEntry | None, str]:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         if meta.get("version") != CACHE_VERSION or meta.get("key") != key:
             return None, "written by another version"
-        for name, expected in meta["checksums"].items():
+        for name, expected in meta["checksums"].items() if verify else ():
             if _file_sha256(path / name) != expected:
                 return None, f"{name} does not match its checksum (damaged)"
         arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
@@ -245,6 +251,14 @@ def load_entry(directory: Path, key: str) -> tuple[EncodedEntry | None, str]:
         ),
         "",
     )
+
+
+def _reopen(directory: str, key: str, fresh: bool) -> EncodedEntry:
+    entry, why = load_entry(Path(directory), key, verify=False)
+    if entry is None:
+        raise RuntimeError(f"encoded cache {directory}/{key} vanished while in use: {why}")
+    entry.fresh = fresh
+    return entry
 
 
 def _map(path: Path, dtype: np.dtype) -> np.ndarray:
