@@ -165,3 +165,26 @@ def test_the_adapt_command_takes_the_trainer_presets(trained, tmp_path, monkeypa
     logged = (tmp_path / "out" / "logs" / "metrics.csv").read_text().splitlines()
     assert logged[0].startswith("epoch,step,train/loss") or "train/loss" in logged[0]
     assert len(logged) == 3  # log_every_n_steps 1 from the command line: both steps logged
+
+
+def test_a_personalized_reward_model_adapts_new_users_and_exports_as_a_reward_model(tmp_path):
+    from plrlhf import PersonalizedRewardModel
+
+    seed_everything(0)
+    train = [r for r in synthetic_rows("train") if r["user_id"] in TRAINED][:480]
+    dm = PreferenceDataModule(
+        TOKENIZER, train=str(write_jsonl(tmp_path / "train.jsonl", train)), batch_size=16
+    )
+    method = PersonalizedRewardModel(
+        model=TINY_MODELS["llama"],
+        tokenizer=TOKENIZER,
+        num_users=dm.num_users,
+        user_model=IndividualUserModel,
+        optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
+    )
+    quiet_trainer(tmp_path, max_epochs=3).fit(method, datamodule=dm)
+    _, _, result = adapt((method, dm.registry), tmp_path, k=4, steps=20)
+    assert result.metrics["test/rewards/accuracy/user/user_4"] > 0.9  # the new minority user
+    assert result.metrics["test/generic/rewards/accuracy/user/user_4"] < 0.2
+    served = load(result.export_dir)
+    assert served.reward_head is not None and served.registry.index("user_4") == 5
