@@ -244,7 +244,7 @@ def evaluate(
         judgments.update({j["index"]: j for j in judged})
     writer.close()
 
-    summary = _summary(items, judgments, bootstrap_draws, seed)
+    summary = _summary(items, judgments, bootstrap_draws, seed, set(policy.registry.users))
     summary["settings"] = {
         "model": model,
         "baseline": baseline,
@@ -258,19 +258,24 @@ def evaluate(
     return summary
 
 
-def _summary(items: list[Item], judgments: dict[int, Any], draws: int, seed: int) -> dict[str, Any]:
-    by_user: dict[str, list[float]] = {}
-    by_group: dict[str, list[float]] = {}
+def _summary(
+    items: list[Item], judgments: dict[int, Any], draws: int, seed: int, seen: set[str]
+) -> dict[str, Any]:
+    """Rates overall, per group, per group among users seen / unseen in the model's training,
+    and per user."""
+    by: dict[str, dict[str, list[float]]] = {"groups": {}, "seen": {}, "users": {}}
     for item in items:
         score = judgments[item.index]["score"]
-        by_user.setdefault(item.user or "<generic>", []).append(score)
+        kind = "seen" if item.user in seen else "unseen"
+        by["users"].setdefault(item.user or "<generic>", []).append(score)
+        by["seen"].setdefault(kind, []).append(score)
         if item.group is not None:
-            by_group.setdefault(str(item.group), []).append(score)
-    return {
-        "all": rates([judgments[i.index]["score"] for i in items], draws, seed),
-        "groups": {g: rates(s, draws, seed) for g, s in sorted(by_group.items())},
-        "users": {u: rates(s, draws, seed) for u, s in sorted(by_user.items())},
-    }
+            by["groups"].setdefault(str(item.group), []).append(score)
+            by["seen"].setdefault(f"{item.group} ({kind})", []).append(score)
+    summary = {"all": rates([judgments[i.index]["score"] for i in items], draws, seed)}
+    for section, values in by.items():
+        summary[section] = {name: rates(scores, draws, seed) for name, scores in sorted(values.items())}
+    return summary
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -278,6 +283,7 @@ def table(summary: dict[str, Any]) -> str:
     lines = [f"{'':22} {'n':>5} {'win rate':>9} {'95% interval':>15} {'ties':>6}"]
     rows = [("all", summary["all"])]
     rows += [(f"group {g}", r) for g, r in summary["groups"].items()]
+    rows += [(name, r) for name, r in summary["seen"].items()]
     rows += [(f"user {u}", r) for u, r in summary["users"].items()]
     for name, r in rows:
         low, high = r["win_rate_95"]
@@ -294,15 +300,15 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # plots are optional (pip install plrlhf[plots])
         return
-    names = [*summary["groups"], *summary["users"]]
-    values = [*summary["groups"].values(), *summary["users"].values()]
+    names = [*summary["seen"], *summary["users"]]
+    values = [*summary["seen"].values(), *summary["users"].values()]
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.2))
     rates_ = [v["win_rate"] for v in values]
     errors = [
         [r - v["win_rate_95"][0] for r, v in zip(rates_, values)],
         [v["win_rate_95"][1] - r for r, v in zip(rates_, values)],
     ]
-    colors = ["tab:gray"] * len(summary["groups"]) + ["tab:blue"] * len(summary["users"])
+    colors = ["tab:gray"] * len(summary["seen"]) + ["tab:blue"] * len(summary["users"])
     ax.bar(range(len(names)), rates_, yerr=errors, color=colors, capsize=3)
     ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")

@@ -94,6 +94,7 @@ def test_evaluate_end_to_end_and_resumed(tmp_path, capsys):
     assert [g["index"] for g in generations] == list(range(6))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["all"]["n"] == 6 and set(summary["groups"]) == {"majority", "minority"}
+    assert summary["seen"]["seen"]["n"] + summary["seen"].get("unseen", {"n": 0})["n"] == 6
     assert "win rate" in capsys.readouterr().out
     # Stopped after the first batch: the second run generates only what is missing, the same way.
     lines = (out / "generations.jsonl").read_text().splitlines()
