@@ -170,7 +170,9 @@ class PersonalizedLM:
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(
             self.device
         )
-        settings = {"max_new_tokens": 128, "do_sample": False, **settings}
+        eos = self.tokenizer.eos_token_id
+        # A model built from a config knows no EOS of its own: stop there, as predict does.
+        settings = {"max_new_tokens": 128, "do_sample": False, "eos_token_id": eos, **settings}
         tokens = generate(
             self.model,
             encoded["input_ids"],
@@ -179,7 +181,9 @@ class PersonalizedLM:
             user_tokens=self.user_tokens,
             **settings,
         )
-        return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        # Up to the first EOS: what follows it is padding (or, without a stop, text after the end).
+        rows = [ids[: ids.index(eos)] if eos in ids else ids for ids in tokens.tolist()]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str], users: list[Any]) -> Tensor:

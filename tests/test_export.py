@@ -142,3 +142,19 @@ def test_an_exported_reward_model_is_read_by_transformers_as_a_sequence_classifi
     assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
     with pytest.raises(TypeError, match="use reward"):
         loaded.score(["x"], ["y"], [None])
+
+
+def test_generate_stops_at_the_end_of_the_response_as_predict_does(tmp_path):
+    """A model built from a config has no EOS of its own: generation must stop at the tokenizer's
+    EOS, not decode on through it (predict cuts there; load(dir).generate must agree)."""
+    dm, module = trained_module(tmp_path, lora=False)
+    eos = dm.tokenizer.eos_token_id
+    with torch.no_grad():  # make EOS the likeliest next token after a couple of tokens
+        module.policy.hf_model.lm_head.weight[eos] += 0.5 * module.policy.hf_model.lm_head.weight.abs().max()
+    users = [dm.registry.users[0], "somebody new"]
+    texts = load_like(module, dm).generate(PROMPTS, users, max_new_tokens=12)
+    encoded = dm.tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    user_ids = torch.tensor([dm.registry.index(u) for u in users])
+    tokens = module.generate(encoded["input_ids"], encoded["attention_mask"], user_ids, max_new_tokens=12)
+    expected = [dm.tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids) for ids in tokens.tolist()]
+    assert texts == expected and all(len(t) < 60 for t in texts)
