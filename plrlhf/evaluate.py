@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,53 @@ def read_items(
     if not items:
         raise DataError(describe_source(prompts), "no prompts")
     return items
+
+
+def _identity(path: Any) -> Any:
+    """What a model or data path was when used: size and modification time of its files."""
+    root = Path(str(path))
+    files = (
+        sorted(p for p in root.rglob("*") if p.is_file())
+        if root.is_dir()
+        else [root]
+        if root.is_file()
+        else []
+    )
+    return [str(root)] + [
+        [str(p.relative_to(root.parent)), p.stat().st_size, p.stat().st_mtime_ns] for p in files
+    ]
+
+
+def judge_key(judge: Judge) -> dict[str, Any]:
+    """A judge's class and plain settings: judgments made by another judge are not reused."""
+    plain = {}
+    for name, value in sorted(vars(judge).items()):
+        if isinstance(value, re.Pattern):
+            value = value.pattern
+        if isinstance(value, dict):
+            value = {k: v.pattern if isinstance(v, re.Pattern) else v for k, v in value.items()}
+        if isinstance(value, (str, int, float, bool, dict, list, type(None))):
+            plain[name] = value
+    return {"class": f"{type(judge).__module__}.{type(judge).__qualname__}", **plain}
+
+
+def _same_or_new(output: Path, settings_file: Path, key: dict[str, Any], quiet: bool = False) -> None:
+    """Continue ``output`` only if it was made with the same settings; otherwise refuse (outputs
+    of a model) or start it again (judgments of another judge)."""
+    key = json.loads(json.dumps(key, default=str))
+    if output.is_file() and settings_file.is_file():
+        before = json.loads(settings_file.read_text(encoding="utf-8"))
+        if before != key:
+            if not quiet:
+                changed = sorted(k for k in key if before.get(k) != key[k])
+                raise ValueError(
+                    f"{output.parent} holds an evaluation made with other settings ({', '.join(changed)} "
+                    "changed): give another --out, or delete it to start again"
+                )
+            output.unlink()
+    elif output.is_file():
+        output.unlink()  # made before settings were recorded: not known to match
+    atomic_write_json(settings_file, key)
 
 
 def _done(path: Path, key: str = "index") -> dict[int, dict[str, Any]]:
@@ -206,6 +254,21 @@ def evaluate(
     if do_sample:
         settings |= {"temperature": temperature, "top_p": top_p}
 
+    generation_key = {
+        "model": _identity(model),
+        "baseline": baseline if baseline == GENERIC else _identity(baseline),
+        "prompts": describe_source(prompts),
+        "prompts_identity": _identity(prompts),
+        "users": users,
+        "max_prompts": max_prompts,
+        "fields": [prompt_field, user_field, group_field],
+        "generation": settings,
+        "seed": seed,
+    }
+    _same_or_new(root / "generations.jsonl", root / "generation-settings.json", generation_key)
+    _same_or_new(
+        root / "judgments.jsonl", root / "judge-settings.json", {"judge": judge_key(judge)}, quiet=True
+    )
     generations = _done(root / "generations.jsonl")
     writer = _Appender(root / "generations.jsonl")
     progress = tqdm(total=len(items), initial=len(generations), desc="generating", unit="prompt")

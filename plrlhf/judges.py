@@ -175,7 +175,7 @@ class RewardModelJudge(Judge):
             batch_size: responses per forward.
             tie: rewards this close are a tie.
         """
-        self.batch_size, self.tie = batch_size, tie
+        self.batch_size, self.tie, self.source = batch_size, tie, model
         root = Path(model)
         if (root / "plrlhf.json").is_file() or root.is_file():
             from plrlhf.evaluate import open_model
@@ -253,6 +253,7 @@ class LMJudge(Judge):
 
         from plrlhf.tokenizer import load_tokenizer
 
+        self.source = model
         self.model = AutoModelForCausalLM.from_pretrained(model).to(device).eval()
         self.tokenizer = load_tokenizer(model)
         self.criteria, self.by_user, self.by_group = criteria, by_user, by_group

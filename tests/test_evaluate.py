@@ -104,6 +104,15 @@ def test_evaluate_end_to_end_and_resumed(tmp_path, capsys):
     again = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert again == generations
     assert json.loads((out / "summary.json").read_text())["all"] == summary["all"]
+    # another judge: the generations are reused, the judgments made again
+    run([*args[:-8], "--judge", "plrlhf.judges.LengthJudge", "--judge.prefer", "shorter"] + args[-4:])
+    assert [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()] == generations
+    assert json.loads((out / "judge-settings.json").read_text())["judge"]["prefer"] == "shorter"
+    scores = [json.loads(line)["score"] for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert len(scores) == 6
+    # another model in the same directory: refused, never mixed
+    with pytest.raises(ValueError, match="other settings .*max_prompts.* changed"):
+        run([*args, "--max_prompts", "3"])
 
 
 def test_reward_model_judge_ties_on_a_zero_head_and_follows_the_rewards(tmp_path):
