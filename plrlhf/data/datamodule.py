@@ -348,10 +348,15 @@ class PreferenceDataModule(LightningDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        for split in _STAGE_SPLITS[stage]:
-            if self.paths[split] and split not in self.datasets:
-                self.datasets[split] = self._load_split(split)
         trainer = self.trainer
+        splits = [s for s in _STAGE_SPLITS[stage] if self.paths[s] and s not in self.datasets]
+        processes = trainer.world_size if trainer is not None else 1
+        if processes > 1 and trainer.local_rank != 0:
+            trainer.strategy.barrier("plrlhf-encode")  # the node's first process encodes what is missing
+        for split in splits:
+            self.datasets[split] = self._load_split(split)
+        if processes > 1 and trainer.local_rank == 0:
+            trainer.strategy.barrier("plrlhf-encode")
         # Without a logger there is no run directory; checkpoints still carry the registry.
         log_dir = trainer.log_dir if trainer is not None and trainer.loggers else None
         if stage == "fit" and log_dir is not None and trainer.is_global_zero:
