@@ -194,17 +194,26 @@ EVALUATIONS = ("validate", "test", "predict")
 
 
 def limit_records_for_fast_dev_run(config: Any) -> None:
-    """Under ``fast_dev_run`` read only the records its batches use, not whole large splits: a
-    smoke run of a million-triple file starts in seconds."""
-    runs = config.trainer.get("fast_dev_run")
+    """Read only the records that will be used, not whole large splits: under ``fast_dev_run``
+    those of its batches (a smoke run of a million triples starts in seconds), and the first
+    ``n`` batches of an unshuffled evaluation split for an integer ``limit_<split>_batches``. (An
+    integer ``limit_train_batches`` still needs every triple: the epoch's order is shuffled.)"""
     data = getattr(config.get("data"), "init_args", None)
-    if not runs or data is None or not hasattr(data, "max_records") or data.max_records is not None:
+    if data is None or not hasattr(data, "max_records") or data.max_records is not None:
         return
-    batches = 1 if runs is True else int(runs)
     devices = config.trainer.get("devices")
     processes = devices if isinstance(devices, int) and devices > 0 else 1
     per_batch = max(data.batch_size, data.eval_batch_size or data.batch_size)
-    data.max_records = batches * per_batch * processes
+    runs = config.trainer.get("fast_dev_run")
+    if runs:
+        data.max_records = (1 if runs is True else int(runs)) * per_batch * processes
+        return
+    limits = {}
+    for split, option in (("validation", "val"), ("test", "test"), ("predict", "predict")):
+        batches = config.trainer.get(f"limit_{option}_batches")
+        if isinstance(batches, int) and not isinstance(batches, bool):
+            limits[split] = max(1, batches * (data.eval_batch_size or data.batch_size) * processes)
+    data.max_records = limits or None
 
 
 def run_directory(config: Any) -> Path | None:

@@ -111,6 +111,11 @@ def test_a_datasetdict_directory_gives_the_split_of_the_same_name(tmp_path):
     dm = PreferenceDataModule(TOKENIZER, train=str(tmp_path / "dict"), test=str(tmp_path / "dict"))
     dm.setup("test")
     assert len(dm.datasets["test"]) == 1
+    other = PreferenceDataModule(
+        TOKENIZER, train=str(tmp_path / "dict"), validation={"name": str(tmp_path / "dict"), "split": "test"}
+    )
+    other.setup("validate")  # any split of a saved DatasetDict, named
+    assert len(other.datasets["validation"]) == 1
     with pytest.raises(DataError, match=r"has no split 'validation' \(splits: train, test\)"):
         PreferenceDataModule(
             TOKENIZER, train=str(tmp_path / "dict"), validation=str(tmp_path / "dict")
@@ -280,3 +285,26 @@ def test_encoded_splits_pickle_by_reference_not_by_copy(tmp_path):
     assert bytes(data.entries[0].tokens[:64]) not in blob  # the token ids are not in it
     again = pickle.loads(blob)
     assert [again[i] for i in range(0, len(data), 97)] == [data[i] for i in range(0, len(data), 97)]
+
+
+def test_max_records_per_split_and_the_cli_limits(tmp_path):
+    from jsonargparse import Namespace
+
+    from plrlhf.cli import limit_records_for_fast_dev_run
+
+    path = str(write_jsonl(tmp_path / "d.jsonl", ROWS * 10))
+    dm = PreferenceDataModule(
+        TOKENIZER, train=path, validation=path, cache_dir=str(tmp_path / "c"), max_records={"validation": 7}
+    )
+    dm.setup("fit")
+    assert (dm.stats["train"].read, dm.stats["validation"].read) == (60, 7)
+
+    def limited(**trainer):
+        data = Namespace(max_records=None, batch_size=4, eval_batch_size=5)
+        config = Namespace(trainer=Namespace(devices=2, **trainer), data=Namespace(init_args=data))
+        limit_records_for_fast_dev_run(config)
+        return data.max_records
+
+    assert limited(fast_dev_run=3) == 3 * 5 * 2
+    assert limited(limit_val_batches=2, limit_test_batches=1.0, limit_train_batches=4) == {"validation": 20}
+    assert limited(limit_val_batches=1.0) is None

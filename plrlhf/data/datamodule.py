@@ -114,7 +114,7 @@ class PreferenceDataModule(LightningDataModule):
         shuffle: bool = True,
         cache: bool = True,
         cache_dir: str | None = None,
-        max_records: int | None = None,
+        max_records: int | dict[str, int] | None = None,
         encode_workers: int = 1,
     ) -> None:
         """
@@ -155,8 +155,9 @@ class PreferenceDataModule(LightningDataModule):
                 while the data, the tokenizer and the settings above are unchanged.
             cache_dir: where encoded splits are kept (default: ``$PLRLHF_CACHE``, else
                 ``~/.cache/plrlhf``).
-            max_records: read at most this many records of each source (smoke runs; set by the
-                CLI under ``fast_dev_run``).
+            max_records: read at most this many records of each source (smoke runs), or per
+                split (``{validation: 640}``); the CLI sets it under ``fast_dev_run`` and for
+                integer ``limit_val/test/predict_batches``.
             encode_workers: processes that tokenize a source on a cache miss (the tokenizer
                 already uses every core within a process; more processes help when there are
                 many cores; a script that builds the data module needs ``if __name__ ==
@@ -184,7 +185,12 @@ class PreferenceDataModule(LightningDataModule):
             ("max_length", max_length, 2),
             ("max_prompt_length", max_prompt_length, 1),
             ("num_workers", num_workers, 0),
-            ("max_records", max_records if max_records is not None else 1, 1),
+            *(
+                (f"max_records[{k}]", v, 1)
+                for k, v in (
+                    max_records if isinstance(max_records, dict) else {"all": max_records or 1}
+                ).items()
+            ),
             ("encode_workers", encode_workers, 1),
         ):
             if value < least:
@@ -289,15 +295,20 @@ class PreferenceDataModule(LightningDataModule):
             rank_zero_warn(f"... and {len(merged) - 10} more user ids spelled both as numbers and strings")
         self._spellings.clear()
 
-    def _settings(self) -> tuple[Any, ...]:
-        return (self.fields, self.max_length, self.max_prompt_length, self.max_records)
+    def _limit(self, split: Split) -> int | None:
+        if isinstance(self.max_records, dict):
+            return self.max_records.get(split)
+        return self.max_records
+
+    def _settings(self, split: Split) -> tuple[Any, ...]:
+        return (self.fields, self.max_length, self.max_prompt_length, self._limit(split))
 
     def _entry_key(self, split: Split, index: int) -> str:
         source = self.paths[split][index]
         identity = tables.identity(source, _dataset_split(split)) if tables.is_table_source(source) else None
         if identity is None:
             identity = tables.identity(source) if Path(source).is_file() else f"missing:{source}"
-        return entry_key(identity, tokenizer_digest(self.tokenizer_path), self._settings())
+        return entry_key(identity, tokenizer_digest(self.tokenizer_path), self._settings(split))
 
     def fingerprint(self, split: Split) -> str:
         """A hash of everything that decides the token ids of a split: its sources' contents, the
@@ -326,7 +337,7 @@ class PreferenceDataModule(LightningDataModule):
                 self.max_length,
                 self.max_prompt_length,
                 description=f"tokenizing {split}",
-                limit=self.max_records,
+                limit=self._limit(split),
                 workers=self.encode_workers,
             )
             write_entry(directory, key, chunks, len(tokenizer), tables.describe(source))

@@ -199,6 +199,8 @@ def _hf_dataset(source: Any, split: str) -> Any:
 
     datasets.config.HF_DATASETS_OFFLINE = True
     datasets.config.HF_HUB_OFFLINE = True
+    if isinstance(source, HubDataset) and (Path(source.name) / "dataset_dict.json").is_file():
+        return _hf_dataset(source.name, source.split)  # a saved DatasetDict: the split named here
     if isinstance(source, HubDataset):
         try:
             return datasets.load_dataset(source.name, source.subset, split=source.split)
