@@ -150,6 +150,10 @@ class Policy(nn.Module):
         the last token that is not ``pad_token_id`` (transformers' rule for sequence
         classification, so that the exported model reads the same position)."""
         self.value_skip_token = pad_token_id
+        lm_head = self.hf_model.get_output_embeddings()
+        if lm_head is not None and lm_head.weight is not self.hf_model.get_input_embeddings().weight:
+            # Not used by a reward: frozen, so that DDP finds no parameter without a gradient.
+            lm_head.weight.requires_grad_(False)
         head = nn.Linear(self.hidden_size, 1, bias=False)
         nn.init.normal_(head.weight, std=1 / (self.hidden_size + 1) ** 0.5)
         self.value_head = head.to(self.hf_model.get_input_embeddings().weight.device)

@@ -13,7 +13,8 @@ import yaml
 from lightning.pytorch import Trainer, seed_everything
 from peft import LoraConfig
 
-from plrlhf import IndividualPDPO, PreferenceDataModule
+import plrlhf
+from plrlhf import PreferenceDataModule
 from plrlhf.cli import main
 from plrlhf.user_models import IndividualUserModel
 from tests.conftest import ROOT, TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
@@ -36,7 +37,7 @@ VARIANTS = {
 }
 
 
-def run(tmp_path, devices: int, variant: str = "full"):
+def run(tmp_path, devices: int, variant: str = "full", method: str = "IndividualPDPO"):
     tmp_path.mkdir()
     seed_everything(0)
     train, test = data_files(tmp_path)
@@ -52,7 +53,10 @@ def run(tmp_path, devices: int, variant: str = "full"):
     settings = dict(VARIANTS[variant])
     if "lora" in settings:
         settings["lora"] = LoraConfig(**settings["lora"])
-    module = IndividualPDPO(
+    if method != "IndividualPDPO":
+        settings.pop("precompute_reference", None)  # a reward model has no reference
+        settings.pop("reference_cache_dir", None)
+    module = getattr(plrlhf, method)(
         model=TINY_MODELS["llama"],
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
@@ -95,14 +99,26 @@ def test_ddp_matches_one_process(single, tmp_path):
     assert_same_per_user_metrics(single, run(tmp_path / "two", devices=2))
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(variant, single, tmp_path):
+@pytest.mark.slow
+def test_a_reward_model_under_ddp_matches_one_process(tmp_path):
+    single = run(tmp_path / "one", devices=1, method="PersonalizedRewardModel")
+    assert_same_per_user_metrics(single, run(tmp_path / "two", devices=2, method="PersonalizedRewardModel"))
+
+
+@pytest.mark.parametrize(
+    "variant,method",
+    [(v, "IndividualPDPO") for v in sorted(VARIANTS)]
+    + [pytest.param("full", "PersonalizedRewardModel", marks=pytest.mark.slow)],
+)
+def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(variant, method, single, tmp_path):
     """FSDP2 on two CPU processes with the preset (a subprocess: the strategy launches its
     processes by running the command again), then ``plrlhf test`` of its checkpoint in this one."""
-    if variant != "full":
-        single = run(tmp_path / "one", devices=1, variant=variant)
+    if variant != "full" or method != "IndividualPDPO":
+        single = run(tmp_path / "one", devices=1, variant=variant, method=method)
     train, test = data_files(tmp_path)
     settings = dict(VARIANTS[variant])
+    if method != "IndividualPDPO":
+        settings = {}
     if "lora" in settings:
         settings["lora"] = {"class_path": "peft.LoraConfig", "init_args": settings["lora"]}
     config = {
@@ -121,7 +137,7 @@ def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(variant, sing
             ],
         },
         "model": {
-            "class_path": "plrlhf.IndividualPDPO",
+            "class_path": f"plrlhf.{method}",
             "init_args": {
                 "model": TINY_MODELS["llama"],
                 "user_model": {"class_path": "plrlhf.IndividualUserModel", "init_args": {"n_tokens": 2}},
@@ -144,6 +160,8 @@ def test_fsdp2_matches_one_process_and_its_checkpoint_tests_on_one(variant, sing
     # a full (gathered) checkpoint: plain tensors of the full shapes, loadable without the strategy
     embedding = checkpoint["state_dict"]["user_model.offsets.weight"]
     assert type(embedding) is torch.Tensor and embedding.shape == (dm_users(train) + 1, 2 * 32)
+    if method == "PersonalizedRewardModel":
+        assert checkpoint["state_dict"]["policy.value_head.weight"].shape == (1, 32)
 
     main(
         [
