@@ -46,6 +46,11 @@ def loaded(source, tmp_path, **kwargs):
     return dm
 
 
+def entries(directory):
+    """The cache's entries (not its lock directory)."""
+    return [p for p in directory.iterdir() if not p.name.startswith(".")]
+
+
 def triples(dm):
     data = dm.datasets["train"]
     return [
@@ -137,7 +142,7 @@ def test_the_cache_is_hit_on_the_second_run_and_missed_when_anything_changes(tmp
     second = loaded(str(path), tmp_path)
     assert not second._entries[("train", 0)].fresh
     assert triples(second) == triples(first)
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert len(entries(tmp_path / "cache")) == 1
 
     assert (
         loaded(str(path), tmp_path, max_length=64, max_prompt_length=32)._entries[("train", 0)].fresh
@@ -153,14 +158,14 @@ def test_the_cache_is_hit_on_the_second_run_and_missed_when_anything_changes(tmp
     write_jsonl(path, ROWS + [triple("u5")])  # the file
     changed = loaded(str(path), tmp_path)
     assert changed._entries[("train", 0)].fresh and changed.registry.users[-1] == "u5"
-    assert len(list((tmp_path / "cache").iterdir())) == 4
+    assert len(entries(tmp_path / "cache")) == 4
 
 
 @pytest.mark.parametrize("damage", ["flip a token byte", "truncate tokens", "no meta", "garbage meta"])
 def test_a_damaged_cache_entry_is_detected_and_rebuilt(tmp_path, damage):
     path = str(write_jsonl(tmp_path / "d.jsonl", ROWS))
     expected = triples(loaded(path, tmp_path))
-    (entry,) = (tmp_path / "cache").iterdir()
+    (entry,) = entries(tmp_path / "cache")
     tokens = entry / "tokens.bin"
     if damage == "flip a token byte":
         data = bytearray(tokens.read_bytes())
@@ -308,3 +313,22 @@ def test_max_records_per_split_and_the_cli_limits(tmp_path):
     assert limited(fast_dev_run=3) == 3 * 5 * 2
     assert limited(limit_val_batches=2, limit_test_batches=1.0, limit_train_batches=4) == {"validation": 20}
     assert limited(limit_val_batches=1.0) is None
+
+
+def test_processes_that_start_together_encode_a_source_once(tmp_path):
+    """Three processes (as DDP ranks, torchrun or SLURM tasks start) load the same file into an
+    empty cache: one encodes, the others find its entry."""
+    import subprocess
+    import sys
+
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS * 300)
+    script = (
+        "import sys; from plrlhf.data import PreferenceDataModule\n"
+        f"dm = PreferenceDataModule({TOKENIZER!r}, train={str(path)!r}, cache_dir={str(tmp_path / 'c')!r})\n"
+        "dm.setup('fit'); print('fresh' if dm._entries[('train', 0)].fresh else 'hit')\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)
+    ]
+    outcomes = sorted(p.communicate()[0].strip() for p in procs)
+    assert outcomes == ["fresh", "hit", "hit"]

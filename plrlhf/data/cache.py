@@ -14,10 +14,11 @@ never used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,26 @@ def tokenizer_digest(tokenizer_dir: str | Path) -> str:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def entry_lock(directory: Path, key: str) -> Iterator[None]:
+    """Hold an exclusive lock on entry ``key`` (a lock file beside it; released when the process
+    ends, also by a kill). Where file locks are not available, nothing is held: concurrent writers
+    are still safe (each entry appears whole by a rename), only wasteful."""
+    locks = directory / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(locks / key, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def entry_key(source_identity: str, tokenizer: str, settings: Any) -> str:

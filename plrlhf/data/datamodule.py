@@ -19,6 +19,7 @@ from plrlhf.data.cache import (
     EncodedEntry,
     default_cache_dir,
     entry_key,
+    entry_lock,
     load_entry,
     tokenizer_digest,
     write_entry,
@@ -325,6 +326,16 @@ class PreferenceDataModule(LightningDataModule):
             raise FileNotFoundError(f"data file not found: {source}")
         key = self._entry_key(split, index)
         directory = self._cache_root()
+        # Processes that start together (DDP ranks, torchrun, SLURM tasks) take turns: the first
+        # encodes, the others then find its entry.
+        with entry_lock(directory, key):
+            entry = self._load_or_encode(split, source, directory, key)
+        if entry.stats.read == 0:
+            raise DataError(tables.describe(source), "no records in file")
+        self._entries[(split, index)] = entry
+        return entry
+
+    def _load_or_encode(self, split: Split, source: Any, directory: Path, key: str) -> EncodedEntry:
         entry, why = load_entry(directory, key)
         if entry is None:
             if why != "not cached":
@@ -345,9 +356,6 @@ class PreferenceDataModule(LightningDataModule):
             if entry is None:
                 raise RuntimeError(f"encoded cache {directory / key} unreadable right after writing: {why}")
             entry.fresh = True
-        if entry.stats.read == 0:
-            raise DataError(tables.describe(source), "no records in file")
-        self._entries[(split, index)] = entry
         return entry
 
     def _cache_root(self) -> Path:
@@ -360,14 +368,9 @@ class PreferenceDataModule(LightningDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         trainer = self.trainer
-        splits = [s for s in _STAGE_SPLITS[stage] if self.paths[s] and s not in self.datasets]
-        processes = trainer.world_size if trainer is not None else 1
-        if processes > 1 and trainer.local_rank != 0:
-            trainer.strategy.barrier("plrlhf-encode")  # the node's first process encodes what is missing
-        for split in splits:
-            self.datasets[split] = self._load_split(split)
-        if processes > 1 and trainer.local_rank == 0:
-            trainer.strategy.barrier("plrlhf-encode")
+        for split in _STAGE_SPLITS[stage]:
+            if self.paths[split] and split not in self.datasets:
+                self.datasets[split] = self._load_split(split)
         # Without a logger there is no run directory; checkpoints still carry the registry.
         log_dir = trainer.log_dir if trainer is not None and trainer.loggers else None
         if stage == "fit" and log_dir is not None and trainer.is_global_zero:
