@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from plrlhf.data.encoding import render_prompt
 from plrlhf.data.sources import DataError, read_records
 from plrlhf.data.tables import describe as describe_source
-from plrlhf.export import PersonalizedLM, load
+from plrlhf.export import open_model
 from plrlhf.io import atomic_write_json
 from plrlhf.judges import Comparison, Judge
 from plrlhf.judges import describe as describe_judge
@@ -41,31 +41,6 @@ class Item:
     user: str | None
     group: str | None
     prompt: str
-
-
-def open_model(path: str, device: str = "cpu", trust_checkpoint: bool = False) -> PersonalizedLM:
-    """A model to generate with: an export directory, or a ``plrlhf fit`` checkpoint (read as
-    plain data; ``trust_checkpoint`` for legacy pickled ones, yours only)."""
-    root = Path(path)
-    if (root / "plrlhf.json").is_file():
-        return load(root, device=device)
-    from plrlhf.adapt import load_checkpoint
-
-    method, registry, _ = load_checkpoint(root, trust_checkpoint)
-    method = method.to(device).eval()
-    tokenizer = method.tokenizer if hasattr(method, "tokenizer") else None
-    if tokenizer is None:
-        from plrlhf.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(method.tokenizer_path)
-    return PersonalizedLM(
-        method.policy.hf_model,
-        tokenizer,
-        registry,
-        method.user_model,
-        method.user_tokens,
-        method.policy.value_head,
-    )
 
 
 def read_items(

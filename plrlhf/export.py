@@ -303,6 +303,26 @@ def load(
     )
 
 
+def open_model(path: str | Path, device: str = "cpu", trust_checkpoint: bool = False) -> PersonalizedLM:
+    """A model to generate or score with: an export directory, or a ``plrlhf fit`` checkpoint (read
+    as plain data; ``trust_checkpoint`` for legacy pickled ones, yours only)."""
+    root = Path(path)
+    if (root / "plrlhf.json").is_file():
+        return load(root, device=device)
+    from plrlhf.adapt import load_checkpoint  # adapt imports this module
+
+    method, registry, _ = load_checkpoint(root, trust_checkpoint)
+    method = method.to(device).eval()
+    return PersonalizedLM(
+        method.policy.hf_model,
+        load_tokenizer(method.tokenizer_path),
+        registry,
+        method.user_model,
+        method.user_tokens,
+        method.policy.value_head,
+    )
+
+
 def _card(manifest: dict[str, Any], registry: UserRegistry) -> str:
     return f"""# Personalized language model (plrlhf)
 

@@ -178,7 +178,7 @@ class RewardModelJudge(Judge):
         self.batch_size, self.tie, self.source = batch_size, tie, model
         root = Path(model)
         if (root / "plrlhf.json").is_file() or root.is_file():
-            from plrlhf.evaluate import open_model
+            from plrlhf.export import open_model
 
             self.personalized = open_model(str(root), device)
             if self.personalized.reward_head is None:

@@ -20,22 +20,27 @@ TRAINED = ("user_0", "user_2", "user_3", "user_1")  # 3 majority users, 1 minori
 NEW = ("user_4", "user_5")  # minority, majority
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("trained")
+def train_on_the_trained_users(tmp_path, method_class, epochs, **method_args):
+    """``method_class`` trained on the users of ``TRAINED``; the method and the registry."""
     seed_everything(0)
     train = [r for r in synthetic_rows("train") if r["user_id"] in TRAINED][:480]
     dm = PreferenceDataModule(
         TOKENIZER, train=str(write_jsonl(tmp_path / "train.jsonl", train)), batch_size=16
     )
-    method = IndividualPDPO(
+    method = method_class(
         model=TINY_MODELS["llama"],
         tokenizer=TOKENIZER,
         num_users=dm.num_users,
         optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
+        **method_args,
     )
-    quiet_trainer(tmp_path, max_epochs=2).fit(method, datamodule=dm)
+    quiet_trainer(tmp_path, max_epochs=epochs).fit(method, datamodule=dm)
     return method, dm.registry
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_on_the_trained_users(tmp_path_factory.mktemp("trained"), IndividualPDPO, epochs=2)
 
 
 def adapt(trained, tmp_path, k, extra_rows=(), **settings):
@@ -170,20 +175,8 @@ def test_the_adapt_command_takes_the_trainer_presets(trained, tmp_path, monkeypa
 def test_a_personalized_reward_model_adapts_new_users_and_exports_as_a_reward_model(tmp_path):
     from plrlhf import PersonalizedRewardModel
 
-    seed_everything(0)
-    train = [r for r in synthetic_rows("train") if r["user_id"] in TRAINED][:480]
-    dm = PreferenceDataModule(
-        TOKENIZER, train=str(write_jsonl(tmp_path / "train.jsonl", train)), batch_size=16
-    )
-    method = PersonalizedRewardModel(
-        model=TINY_MODELS["llama"],
-        tokenizer=TOKENIZER,
-        num_users=dm.num_users,
-        user_model=IndividualUserModel,
-        optimizer=functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0),
-    )
-    quiet_trainer(tmp_path, max_epochs=3).fit(method, datamodule=dm)
-    _, _, result = adapt((method, dm.registry), tmp_path, k=4, steps=20)
+    trained = train_on_the_trained_users(tmp_path, PersonalizedRewardModel, 3, user_model=IndividualUserModel)
+    _, _, result = adapt(trained, tmp_path, k=4, steps=20)
     assert result.metrics["test/rewards/accuracy/user/user_4"] > 0.9  # the new minority user
     assert result.metrics["test/generic/rewards/accuracy/user/user_4"] < 0.2
     served = load(result.export_dir)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from plrlhf.data.encoding import EncodedChunk, SplitStats
-from plrlhf.io import atomic_directory
+from plrlhf.io import atomic_directory, file_sha256
 
 CACHE_VERSION = 1
 CACHE_ENV = "PLRLHF_CACHE"
@@ -174,15 +174,7 @@ def _save_array(path: Path, array: np.ndarray) -> str:
         np.save(handle, array, allow_pickle=False)
         handle.flush()
         os.fsync(handle.fileno())
-    return _file_sha256(path)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 @dataclass
@@ -240,7 +232,7 @@ def load_entry(directory: Path, key: str, verify: bool = True) -> tuple[EncodedE
         if meta.get("version") != CACHE_VERSION or meta.get("key") != key:
             return None, "written by another version"
         for name, expected in meta["checksums"].items() if verify else ():
-            if _file_sha256(path / name) != expected:
+            if file_sha256(path / name) != expected:
                 return None, f"{name} does not match its checksum (damaged)"
         arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
         tokens = _map(path / "tokens.bin", np.dtype(meta["token_dtype"]))

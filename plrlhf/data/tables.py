@@ -9,7 +9,6 @@ never hold what its field needs (``chosen`` as integers, say) is refused at once
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from plrlhf.data.sources import DataError, Located
+from plrlhf.io import file_sha256
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".arrow", ".feather", ".ipc")
 ROWS_PER_READ = 8192
@@ -62,11 +62,7 @@ def identity(source: Any, split: str = "train") -> str:
     changes it with any change of the data or of the operations that made it)."""
     if isinstance(source, HubDataset) or is_hf_dataset(source) or Path(source).is_dir():
         return f"hf:{_hf_dataset(source, split)._fingerprint}"
-    digest = hashlib.sha256()
-    with open(source, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return f"file:{digest.hexdigest()}"
+    return f"file:{file_sha256(source)}"
 
 
 def read_table_records(source: Any, split: str = "train") -> Iterator[Located]:
