@@ -6,7 +6,12 @@ A DPO step (forward, backward, AdamW) of a tiny Llama built from config (2 layer
 the prompt-heavy shape (8 pairs, prompt 200 and responses 30 tokens: 480 response tokens) at each
 vocabulary size, in its own process (peak RSS is per process): plrlhf's chunked LM head against
 the same step with the head applied to all response positions at once (what plrlhf did before:
-``B x T_response x V`` float32 logits plus their softmax for backward).
+``B x T_response x V`` float32 logits plus their softmax for backward), both again with LoRA
+adapters (r 8 on every linear layer; the head frozen, as with real models), and TRL's DPOTrainer on
+the same model, shape and steps (``pip install -e ".[bench]"``; with and without its precomputed
+reference: it computes the logits of every position, then their log-softmax).
+
+    python benchmarks/large_vocab.py --modes all-at-once chunked trl trl-precompute
 """
 
 from __future__ import annotations
@@ -24,8 +29,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(vocab: int, chunked: bool, steps: int) -> dict:
+MODES = ["all-at-once", "chunked", "lora-all-at-once", "lora-chunked", "trl", "trl-precompute"]
+MODEL = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+
+
+def trl_worker(vocab: int, precompute: bool, steps: int) -> dict:
+    """TRL's step on the same model and shape (vs_trl's TRL run, with this model)."""
     import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import vs_trl
+
+    torch.set_num_threads(2)
+    vs_trl.MODEL = {**MODEL, "vocab_size": vocab}
+    vs_trl.MODEL_DIR = Path(f"/tmp/plrlhf-bench/large-vocab-{vocab}")
+    times = vs_trl.run_trl("prompt-heavy", steps, 1, precompute)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ms": statistics.median(times) * 1000, "peak_mib": peak}
+
+
+def worker(vocab: int, chunked: bool, steps: int, lora: bool) -> dict:
+    import torch
+    from peft import LoraConfig
 
     import plrlhf.logprobs as logprobs
     from plrlhf import DPO
@@ -34,17 +67,13 @@ def worker(vocab: int, chunked: bool, steps: int) -> dict:
     torch.set_num_threads(2)
     if not chunked:
         logprobs.CHUNK_ELEMENTS = 1 << 62  # one chunk: all response positions at once
-    model = {
-        "model_type": "llama",
-        "hidden_size": 256,
-        "intermediate_size": 768,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        "vocab_size": vocab,
-    }
-    method = DPO(model=model, tokenizer=str(ROOT / "data/tokenizer"), shared_prompt=True)
+    adapters = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear") if lora else None
+    method = DPO(
+        model={**MODEL, "vocab_size": vocab},
+        lora=adapters,
+        tokenizer=str(ROOT / "data/tokenizer"),
+        shared_prompt=True,
+    )
     prompt, response, pairs = 200, 30, 8
     width = prompt + response
     ids = torch.randint(0, vocab, (2 * pairs, width))
@@ -75,15 +104,21 @@ def main() -> None:
     )
     parser.add_argument("--vocab", type=int, nargs="+", default=[32768, 131072, 262144])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(int(args.worker[0]), args.worker[1] == "chunked", args.steps)))
+        vocab, mode = int(args.worker[0]), args.worker[1]
+        if mode.startswith("trl"):
+            result = trl_worker(vocab, mode == "trl-precompute", args.steps)
+        else:
+            result = worker(vocab, mode.endswith("chunked"), args.steps, mode.startswith("lora"))
+        print("RESULT " + json.dumps(result))
         return
     print("| vocabulary | head | ms/step | peak RSS MiB |")
     print("|---|---|---|---|")
     for vocab in args.vocab:
-        for mode in ("all-at-once", "chunked"):
+        for mode in args.modes:
             cmd = [sys.executable, __file__, "--worker", str(vocab), mode, "--steps", str(args.steps)]
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout

@@ -14,6 +14,16 @@ causal forward + backward + AdamW step over exactly the tokens the DPO objective
 TRL runs with ``bf16=False``, gradient checkpointing off, with and without
 ``precompute_ref_log_probs``. The allocator is kept from returning memory to the OS between steps
 (``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000``) for every configuration.
+
+``--whole``: the whole process as a user runs it, timed from outside: a fresh process that imports,
+reads the JSON-lines files, tokenizes, computes the reference, trains one epoch (256 pairs), validates
+(32 pairs) and writes a checkpoint with optimizer state. plrlhf runs ``plrlhf fit --config`` (its
+speed options on: precomputed reference, shared prompt); TRL runs the script a TRL user writes
+(``load_dataset("json")``, ``DPOTrainer`` with an eval dataset, ``save_strategy="epoch"``). Every
+run starts with empty caches (its own ``PLRLHF_CACHE``, reference cache and ``HF_DATASETS_CACHE``):
+the first run of a new experiment, nothing carried over from an earlier one. Runs are interleaved.
+
+    python benchmarks/vs_trl.py --whole [--rounds 3] [--shapes prompt-heavy balanced]
 """
 
 from __future__ import annotations
@@ -56,6 +66,8 @@ CONFIGS = [
     "plrlhf-pdpo-precompute-after",
     "floor",
 ]
+WHOLE_CONFIGS = ["trl", "trl-precompute", "plrlhf-dpo", "plrlhf-pdpo"]
+WHOLE_PAIRS = {"train": 256, "validation": 32}
 ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -100,10 +112,32 @@ def build_model():
     return AutoModelForCausalLM.from_pretrained(MODEL_DIR), tok
 
 
+def trl_config(precompute: bool, **settings):
+    """TRL's DPOConfig as both runs use it: fp32 on CPU, the same optimizer settings as plrlhf."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        per_device_train_batch_size=BATCH,
+        learning_rate=1e-5,
+        beta=0.1,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=precompute,
+        report_to=[],
+        max_length=1024,
+        dataloader_num_workers=0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        **settings,
+    )
+
+
 def run_trl(shape: str, steps: int, warmup: int, precompute: bool) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     _, tok = build_model()
     times: list[float] = []
@@ -119,24 +153,12 @@ def run_trl(shape: str, steps: int, warmup: int, precompute: bool) -> list[float
         {k: r[k] for k in ("prompt", "chosen", "rejected")}
         for r in make_rows(shape, BATCH * (steps + warmup))
     ]
-    args = DPOConfig(
+    args = trl_config(
+        precompute,
         output_dir="/tmp/plrlhf-bench-trl",
-        per_device_train_batch_size=BATCH,
         max_steps=steps + warmup,
-        learning_rate=1e-5,
-        beta=0.1,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        precompute_ref_log_probs=precompute,
-        report_to=[],
         logging_steps=10_000,
         save_strategy="no",
-        max_length=1024,
-        dataloader_num_workers=0,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
     )
     trainer = DPOTrainer(
         model=str(MODEL_DIR),
@@ -238,6 +260,128 @@ def worker(config: str, shape: str, steps: int, warmup: int) -> None:
     print("RESULT " + json.dumps({"config": config, "shape": shape, "times": times, "peak_mib": peak_mib}))
 
 
+def trl_whole(precompute: bool, train: str, validation: str, out: str) -> None:
+    """What a TRL user runs: JSON-lines files in, one epoch with evaluation, a checkpoint out."""
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    data = load_dataset("json", data_files={"train": train, "validation": validation})
+    args = trl_config(
+        precompute,
+        output_dir=out,
+        per_device_eval_batch_size=BATCH,
+        num_train_epochs=1,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+    )
+    trainer = DPOTrainer(
+        model=str(MODEL_DIR),
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=AutoTokenizer.from_pretrained(TOKENIZER),
+    )
+    trainer.train()
+
+
+def plrlhf_whole_config(config: str, train: str, validation: str, out: Path) -> dict:
+    """``plrlhf fit`` with the speed options a user turns on in YAML."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "precision": "32-true",
+            "max_epochs": 1,
+            "default_root_dir": str(out),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(out), "name": "", "version": "run"},
+            },
+        },
+        "model": {
+            "class_path": "plrlhf.IndividualPDPO" if config == "plrlhf-pdpo" else "plrlhf.DPO",
+            "init_args": {
+                "model": str(MODEL_DIR),
+                "beta": 0.1,
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-5}},
+                "precompute_reference": True,
+                "reference_cache_dir": str(out / "reference"),
+                "shared_prompt": True,
+            },
+        },
+        "data": {
+            "class_path": "plrlhf.PreferenceDataModule",
+            "init_args": {
+                "tokenizer": TOKENIZER,
+                "train": train,
+                "validation": validation,
+                "batch_size": BATCH,
+                "max_length": 1024,
+                "max_prompt_length": 1000,
+            },
+        },
+    }
+
+
+def whole(args: argparse.Namespace) -> None:
+    import shutil
+
+    root = Path("/tmp/plrlhf-bench/whole")
+    build_model()
+    files = {}
+    for shape in args.shapes:
+        for split, n in WHOLE_PAIRS.items():
+            path = root / f"{shape}-{split}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rows = make_rows(shape, n, seed=0 if split == "train" else 1)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            files[shape, split] = str(path)
+    configs = [c for c in args.configs or WHOLE_CONFIGS if c in WHOLE_CONFIGS]
+    plrlhf_bin = str(Path(sys.executable).with_name("plrlhf"))
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for round_ in range(args.rounds):
+        for shape in args.shapes:
+            train, validation = files[shape, "train"], files[shape, "validation"]
+            for config in configs:
+                out = root / "runs" / config
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                env = {
+                    **os.environ,
+                    **ENV,
+                    "PLRLHF_CACHE": str(out / "cache"),
+                    "HF_DATASETS_CACHE": str(out / "hf-datasets"),
+                    "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "2"),
+                }
+                if config.startswith("trl"):
+                    cmd = [sys.executable, __file__, "--trl-whole", str("precompute" in config), train]
+                    cmd += [validation, str(out)]
+                else:
+                    path = out / "config.yaml"
+                    path.write_text(json.dumps(plrlhf_whole_config(config, train, validation, out)))
+                    cmd = [plrlhf_bin, "fit", "--config", str(path)]
+                start = time.perf_counter()
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                took = time.perf_counter() - start
+                if done.returncode:
+                    print(done.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{config} {shape} failed")
+                seconds.setdefault((shape, config), []).append(took)
+                print(f"round {round_} {shape} {config}: {took:.1f} s", flush=True)
+    for shape in args.shapes:
+        median = {c: statistics.median(seconds[shape, c]) for c in configs}
+        trl_best = min((v for c, v in median.items() if c.startswith("trl")), default=None)
+        print(f"\n### whole process, {shape}: {WHOLE_PAIRS['train']} pairs, 1 epoch, {BATCH} pairs/step\n")
+        print("| configuration | seconds (median) | all runs | TRL best / this |")
+        print("|---|---|---|---|")
+        for c in configs:
+            runs = ", ".join(f"{t:.1f}" for t in seconds[shape, c])
+            ratio = f"{trl_best / median[c]:.2f}x" if trl_best else ""
+            print(f"| {c} | {median[c]:.1f} | {runs} | {ratio} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,12 +390,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    parser.add_argument("--configs", nargs="+", default=CONFIGS)
+    parser.add_argument("--configs", nargs="+", help=f"default: {CONFIGS}; with --whole: {WHOLE_CONFIGS}")
+    parser.add_argument("--whole", action="store_true", help="time whole processes (see above)")
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "SHAPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--trl-whole", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker, args.steps, args.warmup)
         return
+    if args.trl_whole:
+        precompute, train, validation, out = args.trl_whole
+        trl_whole(precompute == "True", train, validation, out)
+        return
+    if args.whole:
+        whole(args)
+        return
+    args.configs = args.configs or CONFIGS
     results: dict[tuple[str, str], dict] = {}
     for round_ in range(args.rounds):
         for shape in args.shapes:
