@@ -12,12 +12,16 @@ On a ~0.5B Llama built from config (random weights; nothing downloaded), it chec
   with shared prompts: median seconds per step, response+prompt tokens per second, model-FLOPs
   utilisation (``6 * parameters * tokens`` per step over the GPU's dense bf16 peak) and peak
   memory;
+- ``flex_attention``: the tree layouts with FlexAttention block masks (``attention: auto`` on
+  CUDA) against the dense additive mask (SDPA): scores and gradients in fp32, and the bf16 DPO
+  and IndividualPDPO step time of each (``speedup`` = dense / flex);
 - ``fsdp2``: a few ``plrlhf fit`` steps with ``FSDP2Strategy`` on all GPUs of the machine (and the
   loss of the first step against a single-device run of the same batch).
 
 Every check records its numbers, its tolerance and ``ok``; the script exits 1 if any check fails.
 ``--dry-run`` runs every check on a 2-layer model on the CPU in fp32 (bf16 compared on the CPU),
-with two steps each, so that the script cannot rot unnoticed.
+with two steps each (FlexAttention there: its eager kernel, forward only), so that the script
+cannot rot unnoticed.
 """
 
 from __future__ import annotations
@@ -113,7 +117,10 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def method(name: str, config: dict[str, Any], device: torch.device, **kwargs: Any) -> Any:
-    common = {"model": config, "tokenizer": TOKENIZER, "beta": 0.1, **kwargs}
+    """A method on ``device``; its attention as ``attention: auto`` picks under a Trainer, unless
+    given (FlexAttention on CUDA)."""
+    auto = "flex_attention" if device.type == "cuda" else "sdpa"
+    common = {"model": config, "tokenizer": TOKENIZER, "beta": 0.1, "attention": auto, **kwargs}
     if name == "dpo":
         module = DPO(**common)
     else:
@@ -203,25 +210,10 @@ def check_steps(
     flops_peak = peak_flops(device)
     for name in ("dpo", "individual_pdpo"):
         module = method(name, config, device, shared_prompt=True).train()
-        optimizer = torch.optim.AdamW(
-            [p for p in module.parameters() if p.requires_grad], lr=1e-5, fused=device.type == "cuda"
-        )
         batch = to_device(batch_of(pairs, *shape, 4, config["vocab_size"]), device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for step in range(warmup + steps):
-            _sync(device)
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, _ = module.objective(batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _sync(device)
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+        seconds, loss = timed_steps(module, batch, device, steps, warmup)
         # Tokens the policy runs per step: one [prompt, chosen, rejected] row per pair, twice for
         # P-DPO's two user conditions; the reference forward (no backward) counts a third as much.
         tokens = int(batch["attention_mask"][:pairs].sum() + batch["response_mask"][pairs:].sum())
@@ -245,11 +237,98 @@ def check_steps(
             entry["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         entry["ok"] = entry["finite"]
         results[name] = entry
-        del module, optimizer
+        del module
         if device.type == "cuda":
             torch.cuda.empty_cache()
     results["ok"] = all(r["ok"] for r in results.values())
     return results
+
+
+def timed_steps(module: Any, batch: dict[str, Any], device: torch.device, steps: int, warmup: int) -> tuple:
+    """Median seconds of a bf16 training step (autocast on CUDA), and the last loss."""
+    optimizer = torch.optim.AdamW(
+        [p for p in module.parameters() if p.requires_grad], lr=1e-5, fused=device.type == "cuda"
+    )
+    times = []
+    for step in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _ = module.objective(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), loss
+
+
+def check_flex_attention(
+    config: dict[str, Any], device: torch.device, pairs: int, shape: tuple[int, int], steps: int, warmup: int
+) -> dict:
+    """Block-sparse tree layouts against the dense mask: the same scores and gradients (fp32),
+    then the step time of each."""
+    batch = to_device(batch_of(pairs, *shape, 4, config["vocab_size"]), device)
+    train = device.type == "cuda"  # FlexAttention's CPU kernel has no backward
+    result: dict[str, Any] = {}
+    for layout in ({"shared_prompt": True}, {"user_tokens": "after_prompt"}):
+        name = next(iter(layout))
+        torch.manual_seed(0)
+        modules = {
+            attention: method("individual_pdpo", config, device, attention=attention, **layout)
+            for attention in ("sdpa", "flex_attention")
+        }
+        modules["flex_attention"].load_state_dict(modules["sdpa"].state_dict())
+        scores, grads = {}, {}
+        for attention, module in modules.items():
+            with torch.set_grad_enabled(train):
+                values = module.score(batch)
+                total = sum(values[c].policy_chosen.sum() for c in values)
+                scores[attention] = torch.stack([values[c].policy_chosen for c in values])
+            if train:
+                total.backward()
+                grads[attention] = torch.cat(
+                    [p.grad.flatten() for p in module.parameters() if p.grad is not None]
+                )
+        entry = {
+            "max_abs_diff": (scores["sdpa"] - scores["flex_attention"]).abs().max().item(),
+            "tolerance": 2e-3,
+        }
+        entry["ok"] = entry["max_abs_diff"] < entry["tolerance"]
+        if train:
+            relative = (grads["sdpa"] - grads["flex_attention"]).norm() / grads["sdpa"].norm()
+            entry |= {"gradient_relative_diff": relative.item(), "gradient_tolerance": 1e-3}
+            entry["ok"] = entry["ok"] and entry["gradient_relative_diff"] < 1e-3
+        result[name] = entry
+        del modules
+    if train:
+        for name in ("dpo", "individual_pdpo"):
+            seconds = {}
+            for attention in ("sdpa", "flex_attention"):
+                module = method(name, config, device, shared_prompt=True, attention=attention).train()
+                seconds[attention], _ = timed_steps(module, batch, device, steps, warmup)
+                del module
+                torch.cuda.empty_cache()
+            result[f"{name}_seconds_per_step"] = seconds
+            result[f"{name}_speedup"] = seconds["sdpa"] / seconds["flex_attention"]
+    result["ok"] = all(v["ok"] for v in result.values() if isinstance(v, dict) and "ok" in v)
+    return result
+
+
+def eager_flex_attention() -> None:
+    """On the CPU (``--dry-run``): transformers' FlexAttention with the eager kernel, which runs
+    forward only there, instead of compiling it (tens of seconds)."""
+    import warnings
+
+    import transformers.integrations.flex_attention as hf_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def eager(query, key, value, score_mod=None, block_mask=None, training=False, **kwargs):
+        return flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, **kwargs)
+
+    hf_flex.compile_friendly_flex_attention = eager
+    warnings.filterwarnings("ignore", message=".*flex_attention.*")
 
 
 def check_fsdp2(devices: int, steps: int) -> dict:
@@ -309,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     if args.dry_run:
         config, pairs, shape, steps, warmup = MODELS["tiny"], 4, (48, 16), 2, 1
+        eager_flex_attention()
     else:
         config, pairs, shape, steps, warmup = (
             MODELS["0.5b"],
@@ -331,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "logps_bf16": lambda: check_logps_bf16(config, device, pairs, shape),
         "layouts": lambda: check_layouts(config, device, pairs, shape),
         "steps": lambda: check_steps(config, device, pairs, shape, steps, warmup),
+        "flex_attention": lambda: check_flex_attention(config, device, pairs, shape, steps, warmup),
         "fsdp2": lambda: check_fsdp2(report["gpus"], steps=3),
     }
     for name, check in checks.items():

@@ -12,6 +12,7 @@ Every token carries a *segment* id; ``parents[s]`` is the segment that segment `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,20 +24,57 @@ SHARED_PROMPT_PARENTS = (-1, 0, 0)
 
 @dataclass
 class TreeLayout:
-    """Attention and scoring structure of a batch of tree-packed rows."""
+    """Attention and scoring structure of a batch of tree-packed rows.
 
-    visible: Tensor
-    """``(B, L, L)`` bool: query ``i`` may attend key ``j``."""
+    The attention pattern exists in two forms: a dense ``(B, 1, L, L)`` additive mask (any
+    attention kernel; quadratic memory, and it keeps SDPA off its fast GPU kernels) and a
+    FlexAttention block mask computed from the segments (blocks with nothing visible are skipped).
+    """
+
+    segments: Tensor
+    """``(B, L)`` segment id per token, ``PAD_SEGMENT`` on padding."""
+    ancestors: Tensor
+    """``(S, S)`` bool, :func:`ancestor_table` of the parents."""
     position_ids: Tensor
     """``(B, L)``: depth of each token along its own path (0 at the first prefix token)."""
     predictor: Tensor
     """``(B, L)``: index of the token whose hidden state predicts this one (-1 if none)."""
 
+    @property
+    def visible(self) -> Tensor:
+        """``(B, L, L)`` bool: query ``i`` may attend key ``j``."""
+        length = self.segments.shape[1]
+        index = torch.arange(length, device=self.segments.device)
+        return self.sees(
+            index[None, :, None], index[None, None, :], self.segments[:, :, None], self.segments[:, None, :]
+        )
+
+    def sees(self, query: Tensor, key: Tensor, query_segment: Tensor, key_segment: Tensor) -> Tensor:
+        """Whether ``query`` attends ``key`` (positions and their segments, broadcast): a key of
+        the query's own segment or an ancestor's, not after it; every token sees itself, so that
+        padding rows stay finite under softmax."""
+        valid = (query_segment != PAD_SEGMENT) & (key_segment != PAD_SEGMENT)
+        related = self.ancestors[query_segment.clamp(min=0), key_segment.clamp(min=0)]
+        return (related & valid & (key <= query)) | (key == query)
+
     def additive_mask(self, dtype: torch.dtype) -> Tensor:
         """``(B, 1, L, L)`` additive float mask. ``finfo.min`` rather than ``-inf`` keeps fully
         masked (padding) rows finite, and eager attention adds a bool mask instead of applying it."""
-        mask = torch.zeros(self.visible.shape, dtype=dtype, device=self.visible.device)
-        return mask.masked_fill_(~self.visible, torch.finfo(dtype).min).unsqueeze(1)
+        visible = self.visible
+        mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+        return mask.masked_fill_(~visible, torch.finfo(dtype).min).unsqueeze(1)
+
+    def block_mask(self) -> Any:
+        """The same pattern as a FlexAttention ``BlockMask`` (no ``L x L`` tensor is kept)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        segments = self.segments
+
+        def mask_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            return self.sees(q, kv, segments[b, q], segments[b, kv])
+
+        batch, length = segments.shape
+        return create_block_mask(mask_mod, batch, None, length, length, device=segments.device)
 
 
 def ancestor_table(parents: tuple[int, ...], device: torch.device | None = None) -> Tensor:
@@ -52,27 +90,26 @@ def ancestor_table(parents: tuple[int, ...], device: torch.device | None = None)
 
 
 def tree_layout(segments: Tensor, parents: tuple[int, ...]) -> TreeLayout:
-    """Attention mask, positions and predictors of rows whose tokens carry ``segments``.
+    """Positions and predictors of rows whose tokens carry ``segments``, in ``O(B x L x S)``
+    (the ``L x L`` pattern is only built if a dense mask is asked for).
 
     Args:
         segments: ``(B, L)`` segment id per token, ``PAD_SEGMENT`` on padding.
         parents: parent segment of each segment id.
     """
-    batch, length = segments.shape
-    device = segments.device
-    table = ancestor_table(parents, device)
+    table = ancestor_table(parents, segments.device)
     valid = segments != PAD_SEGMENT
-    seg = segments.clamp(min=0)
-    related = table[seg[:, :, None], seg[:, None, :]]  # (B, L, L): key segment is an ancestor
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    visible = related & causal & valid[:, None, :] & valid[:, :, None]
-    # Every query sees itself, so that padding rows stay finite under softmax.
-    visible |= torch.eye(length, dtype=torch.bool, device=device)
-    position_ids = (visible.sum(-1) - 1).clamp(min=0)
-    earlier = visible & ~torch.eye(length, dtype=torch.bool, device=device)
-    index = torch.arange(length, device=device)
-    predictor = torch.where(earlier, index, -1).amax(-1)
-    return TreeLayout(visible, position_ids, predictor)
+    own = torch.nn.functional.one_hot(segments.clamp(min=0), len(parents)).bool() & valid[..., None]
+    on_path = table[segments.clamp(min=0)]  # (B, L, S): the segments token i may see
+    # Tokens visible from i (itself included): those of its path's segments up to i.
+    seen = (own.long().cumsum(1) * on_path).sum(-1)
+    position_ids = torch.where(valid, seen - 1, 0)
+    # The token predicting i: the last token before i on its path.
+    index = torch.arange(segments.shape[1], device=segments.device)[None, :, None]
+    last = torch.where(own, index, -1).cummax(1).values  # (B, L, S): last token of each segment so far
+    before = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+    predictor = torch.where(valid, torch.where(on_path, before, -1).amax(-1), -1)
+    return TreeLayout(segments, table, position_ids, predictor)
 
 
 def pack_shared_prompt(

@@ -167,6 +167,14 @@ class Policy(nn.Module):
         if not self.uses_lora:
             self.reference = copy.deepcopy(self.lm).eval().requires_grad_(False)
 
+    def set_attention(self, implementation: str) -> None:
+        """Switch the attention kernels of the model and its reference copy (transformers'
+        ``attn_implementation``: ``sdpa``, ``eager``, ``flex_attention``); the tree layouts then
+        pass the mask form that kernel takes."""
+        for model in (self.hf_model, self.reference):
+            if model is not None and model.config._attn_implementation != implementation:
+                model.set_attn_implementation(implementation)
+
     @property
     def hf_model(self) -> PreTrainedModel:
         """The Hugging Face model (LoRA layers injected, if any)."""
@@ -424,7 +432,19 @@ def _values(value_head: nn.Module, hidden: Tensor) -> Tensor:
     return value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
 
 
-def _decoder(model: PreTrainedModel, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+def flex_attention_supported(model: PreTrainedModel, device: torch.device) -> bool:
+    """FlexAttention trains ``model`` on ``device``: CUDA (its CPU kernel has no backward) and an
+    architecture that transformers runs with it (Llama, Qwen, Mistral, Gemma...; not GPT-2)."""
+    if device.type != "cuda" or not getattr(model, "_supports_flex_attn", False):
+        return False
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _decoder(model: PreTrainedModel, embeds: Tensor, attention_mask: Any, position_ids: Tensor) -> Tensor:
     """The decoder's last hidden states; the LM head runs later, on response positions only."""
     return model.base_model(
         inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
@@ -471,9 +491,13 @@ def tree_score(
         segments = torch.cat([segments.new_zeros(prefix), segments], dim=1)
         input_ids = torch.cat([input_ids.new_zeros(prefix), input_ids], dim=1)
     layout = tree_layout(segments, parents)
-    # A 4D mask reaches the attention kernels as given; with position ids alone transformers would
-    # infer packed sequences or plain causal attention instead.
-    hidden = _decoder(model, embeds, layout.additive_mask(embeds.dtype), layout.position_ids)
+    # A 4D mask (or a block mask) reaches the attention kernels as given; with position ids alone
+    # transformers would infer packed sequences or plain causal attention instead.
+    if getattr(model.config, "_attn_implementation", None) == "flex_attention":
+        mask = layout.block_mask()
+    else:
+        mask = layout.additive_mask(embeds.dtype)
+    hidden = _decoder(model, embeds, mask, layout.position_ids)
     column, counts = _scored_counts(segments, scored)
     if value_head is not None:  # each scored segment's last token
         positions = torch.arange(column.shape[1], device=column.device).expand_as(column)

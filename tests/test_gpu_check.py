@@ -24,5 +24,7 @@ def test_gpu_check_dry_run_passes_and_writes_every_check(tmp_path, monkeypatch):
     assert (
         report["steps"]["individual_pdpo"]["tokens_per_step"] == 2 * report["steps"]["dpo"]["tokens_per_step"]
     )
+    for layout in ("shared_prompt", "user_tokens"):  # FlexAttention's block mask vs the dense mask
+        assert report["flex_attention"][layout]["max_abs_diff"] < 2e-3
     assert report["fsdp2"] == {"skipped": "no GPU", "ok": True, "seconds": 0.0}
     sys.modules.pop("gpu_check", None)

@@ -19,7 +19,7 @@ from torch import Tensor
 from plrlhf.checkpoint_io import check_checkpoint_fits
 from plrlhf.generation import generate
 from plrlhf.methods.nonfinite import NonFiniteGuard
-from plrlhf.policy import ModelSource, Policy, build_causal_lm
+from plrlhf.policy import ModelSource, Policy, build_causal_lm, flex_attention_supported
 from plrlhf.specs import record_as_plain_data
 from plrlhf.strategies import fully_shard_layers
 from plrlhf.tokenizer import load_tokenizer
@@ -49,6 +49,7 @@ class LanguageModelModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         gradient_checkpointing: bool = False,
         dtype: str | None = None,
+        attention: Literal["auto", "sdpa", "flex_attention", "eager"] = "auto",
         disable_dropout: bool = True,
         generation: dict[str, Any] | None = None,
         on_nonfinite: Literal["stop", "skip"] = "stop",
@@ -65,6 +66,10 @@ class LanguageModelModule(LightningModule):
             lr_scheduler: learning-rate schedule, stepped every optimizer step.
             gradient_checkpointing: recompute activations in backward to save memory.
             dtype: parameter dtype of the loaded model (e.g. ``bfloat16``); default: float32.
+            attention: the attention kernels (transformers' ``attn_implementation``). ``auto``:
+                FlexAttention on CUDA for architectures that have it (the shared-prompt and
+                after-prompt layouts then run block-sparse instead of with a dense mask); the
+                model's own choice (SDPA) elsewhere. FlexAttention has no backward on CPU.
             disable_dropout: set every dropout of the model (LoRA's included) to 0, as TRL's
                 ``disable_dropout``: log-ratios are then deterministic and resumes exact; false
                 keeps the model's own dropout in training.
@@ -95,6 +100,9 @@ class LanguageModelModule(LightningModule):
         if gradient_checkpointing:
             hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = Policy(hf_model, lora=lora, reference_free=True)  # methods add a reference
+        self.attention = attention
+        if attention != "auto":
+            self.policy.set_attention(attention)
         if disable_dropout:
             for module in self.policy.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -279,8 +287,13 @@ class LanguageModelModule(LightningModule):
             check_checkpoint_fits(self, checkpoint)
 
     def configure_model(self) -> None:
-        """Shards the model with FSDP2 when the strategy provides a device mesh
+        """Chooses the attention kernels for the device (``attention: auto``) and shards the model
+        with FSDP2 when the strategy provides a device mesh
         (:class:`plrlhf.strategies.FSDP2Strategy` or Lightning's ``ModelParallelStrategy``)."""
+        trainer = self._trainer
+        if self.attention == "auto" and trainer is not None:
+            if flex_attention_supported(self.policy.hf_model, trainer.strategy.root_device):
+                self.policy.set_attention("flex_attention")
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or self._sharded:
             return
