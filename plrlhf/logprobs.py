@@ -95,10 +95,13 @@ class _ChunkedLinearLogps(torch.autograd.Function):
             if direction is not None:
                 # d logp / d h = slope(target) W[target] - sum_v p_v slope(v) W[v]
                 direction[rows] = target_w - expected_w / total[:, None]
+        ctx.raw = None
         if direction is not None:
             ctx.save_for_backward(direction)
         elif ctx.needs_input_grad[0] or not frozen_head:
             ctx.save_for_backward(hidden, weight, bias, targets, lse)
+            if hidden.shape[0] * weight.shape[0] <= budget:  # one block: keep it, within the budget
+                ctx.raw = raw
         ctx.softcap, ctx.budget, ctx.direct = softcap, budget, direction is not None
         ctx.hidden_dtype = hidden.dtype
         return out
@@ -123,7 +126,11 @@ class _ChunkedLinearLogps(torch.autograd.Function):
             h = hidden[rows].float()
             for columns in slices:
                 w = weight[columns]
-                raw = nn.functional.linear(hidden[rows], w, None if bias is None else bias[columns]).float()
+                raw = ctx.raw
+                if raw is None:
+                    raw = nn.functional.linear(
+                        hidden[rows], w, None if bias is None else bias[columns]
+                    ).float()
                 # d(logp[target]) / d(logits) = onehot(target) - softmax(logits)
                 grad_logits = -torch.exp(_capped(raw, softcap) - lse[rows, None])
                 inside, at = _at_targets(targets[rows], columns)
@@ -137,6 +144,7 @@ class _ChunkedLinearLogps(torch.autograd.Function):
                     grad_weight[columns] += grad_logits.T @ h
                 if grad_bias is not None:
                     grad_bias[columns] += grad_logits.sum(0)
+        ctx.raw = None
         grad_hidden = grad_hidden.to(hidden.dtype) if grad_hidden is not None else None
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None

@@ -25,6 +25,7 @@ def naive(hidden, targets, head, softcap=None):
         (50 * 7, 4096),  # blocks of 7 rows with the whole vocabulary: 4 blocks
         (23 * 15, 8),  # all rows together, vocabulary slices of 15: 4 slices, the last of 5
         (16 * 10, 16),  # blocks of 10 rows, slices of 16: 3 x 4 blocks, ragged at both ends
+        (10**6, 4096),  # one block: its logits are kept for backward instead of recomputed
     ],
 )
 def test_chunked_equals_full_logits_in_values_and_gradients(
