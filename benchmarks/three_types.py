@@ -30,6 +30,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "K=10": ("cluster_pdpo", ["--model.init_args.user_model.init_args.n_clusters", "10"]),
     "user lr 0.1": ("cluster_pdpo", ["--model.init_args.user_model_lr", "0.1"]),
     "logits zeros": ("cluster_pdpo", ["--model.init_args.user_model.init_args.weight_init", "zeros"]),
+    "temperature 0.1": ("cluster_pdpo", ["--model.init_args.user_model.init_args.temperature", "0.1"]),
+    "temperature 0.1, K=10": (
+        "cluster_pdpo",
+        ["--model.init_args.user_model.init_args.temperature", "0.1"]
+        + ["--model.init_args.user_model.init_args.n_clusters", "10"],
+    ),
     "dpo": ("dpo", []),
 }
 
@@ -75,7 +81,7 @@ def main() -> None:
     for name in args.variants:
         method, extra = VARIANTS[name]
         for seed in args.seeds:
-            version = f"{name.replace(' ', '_').replace('=', '')}-seed{seed}"
+            version = f"{name.replace(' ', '_').replace('=', '').replace(',', '')}-seed{seed}"
             run = out / version
             if not (run / "test" / "test_metrics.json").is_file():
                 fit(method, EXPERIMENT, out, version, *settings, "--seed_everything", str(seed), *extra)

@@ -204,9 +204,12 @@ class IndividualUserModel(UserModel):
 
 
 class ClusterUserModel(UserModel):
-    """``K`` cluster embeddings mixed per user: ``e_u = sum_k softmax(w_u)_k V_k``.
+    """``K`` cluster embeddings mixed per user: ``e_u = sum_k softmax(w_u / tau)_k V_k``.
 
-    The generic user 0 has its own weight row, learned like any user's.
+    The generic user 0 has its own weight row, learned like any user's. ``tau`` (temperature)
+    leaves the starting mixtures as they are (the stored ``w`` start at ``N(0, tau^2)``) and
+    multiplies by ``1 / tau`` how fast an optimizer step moves them (Adam's step on ``w`` is about
+    the learning rate whatever the gradient's scale).
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class ClusterUserModel(UserModel):
         n_tokens: int = 10,
         n_clusters: int = 5,
         weight_init: Literal["normal", "zeros"] = "normal",
+        temperature: float = 1.0,
         seed: int = 123,
     ) -> None:
         """
@@ -226,17 +230,26 @@ class ClusterUserModel(UserModel):
             n_clusters: number of clusters, K (the paper: 10 for PRISM; code default 5).
             weight_init: user logits start at PyTorch's default ``normal`` (the paper's code) or at
                 ``zeros`` (every user an even mixture).
+            temperature: of the mixture's softmax; 1 is the paper's. Below 1, users move between
+                clusters that much faster at the same learning rate (the starting mixtures are the
+                same): at 1 they barely leave their random start in a few epochs.
             seed: seed of the vocabulary sampling of the cluster embeddings.
         """
         super().__init__()
         check_sizes(num_users=num_users, hidden_size=hidden_size, n_tokens=n_tokens, n_clusters=n_clusters)
         self.n_tokens = n_tokens
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.n_clusters = n_clusters
+        self.temperature = temperature
         self.seed = seed
         self.clusters = nn.Parameter(torch.zeros(n_clusters, n_tokens, hidden_size))
         self.user_logits = nn.Embedding(num_users + 1, n_clusters)
-        if weight_init == "zeros":
-            nn.init.zeros_(self.user_logits.weight)
+        with torch.no_grad():
+            if weight_init == "zeros":
+                self.user_logits.weight.zero_()
+            else:
+                self.user_logits.weight.mul_(temperature)
 
     def initialize(self, token_embeddings: Tensor) -> None:
         with torch.no_grad():
@@ -246,7 +259,7 @@ class ClusterUserModel(UserModel):
 
     def weights(self, user_ids: Tensor) -> Tensor:
         """``(B, K)`` mixture weights of the users (rows sum to 1)."""
-        return torch.softmax(self.user_logits(user_ids).float(), dim=-1)
+        return torch.softmax(self.user_logits(user_ids).float() / self.temperature, dim=-1)
 
     def forward(self, user_ids: Tensor) -> Tensor:
         weights = self.weights(user_ids).to(self.clusters.dtype)

@@ -69,6 +69,27 @@ def test_cluster_weights_sum_to_one_and_mix_clusters():
     assert model.user_logits.weight.grad[0].abs().sum() > 0  # the generic user's row is learned
 
 
+def test_cluster_temperature_keeps_the_start_and_speeds_up_the_mixtures():
+    """Adam's first step moves every stored logit by exactly lr (``m / sqrt(v) = +-1``), so the
+    effective logits ``w / tau`` move by ``lr / tau``: 10x at tau 0.1, from the same mixtures."""
+    start, moved = {}, {}
+    for tau in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = ClusterUserModel(num_users=4, hidden_size=8, n_tokens=3, n_clusters=5, temperature=tau)
+        model.initialize(VOCAB)
+        start[tau] = model.weights(torch.arange(5)).detach()
+        before = model.user_logits.weight.detach().clone() / tau
+        optimizer = torch.optim.Adam([model.user_logits.weight], lr=0.01)
+        (model(torch.tensor([1, 2])) * torch.linspace(-1, 1, 8)).sum().backward()
+        optimizer.step()
+        moved[tau] = (model.user_logits.weight.detach() / tau - before)[1:3]
+    assert_close(start[1.0], start[0.1])
+    assert_close(moved[1.0].abs(), torch.full((2, 5), 0.01), atol=1e-6, rtol=1e-4)
+    assert_close(moved[0.1].abs(), torch.full((2, 5), 0.1), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ClusterUserModel(num_users=2, hidden_size=8, temperature=0.0)
+
+
 def test_low_rank_users_cost_rank_floats_and_start_generic():
     from plrlhf.user_models import LowRankUserModel
 
