@@ -1,6 +1,6 @@
 """Three preference types with unequal groups (issue 12, part 4): whom does each method serve?
 
-    python benchmarks/three_types.py [--variants shipped individual ...] [--seeds 0 1]
+    python benchmarks/three_types.py [--variants shipped individual ...] [--seeds 0 1] [--shares JSON]
 
 Data: `plrlhf data length --shares '{longer: 0.6, shorter: 0.25, medium: 0.15}'`, 20 seen users
 (12 / 5 / 3), 100 training triples each, 4 unseen users; a task no config was tuned on. Each
@@ -23,41 +23,45 @@ from plrlhf.cli import main as plrlhf
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "configs/experiment/synthetic-length.yaml"
 SHARES = {"longer": 0.6, "shorter": 0.25, "medium": 0.15}
+TAU = "--model.init_args.user_model.init_args.temperature"
+K = "--model.init_args.user_model.init_args.n_clusters"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "individual": ("individual_pdpo", []),
-    "shipped": ("cluster_pdpo", []),
-    # what was changed, one at a time, to find why the smallest type was not served
-    "K=10": ("cluster_pdpo", ["--model.init_args.user_model.init_args.n_clusters", "10"]),
-    "user lr 0.1": ("cluster_pdpo", ["--model.init_args.user_model_lr", "0.1"]),
-    "logits zeros": ("cluster_pdpo", ["--model.init_args.user_model.init_args.weight_init", "zeros"]),
-    "temperature 0.1": ("cluster_pdpo", ["--model.init_args.user_model.init_args.temperature", "0.1"]),
-    "temperature 0.1, K=10": (
+    "shipped": ("cluster_pdpo", []),  # temperature 0.1 since 0.3.1
+    "K=10": ("cluster_pdpo", [K, "10"]),
+    # the mixture softmax at temperature 1 (the paper's; shipped until 0.3.0), and what was
+    # changed with it, one at a time, to find why the smallest type was not served
+    "temperature 1": ("cluster_pdpo", [TAU, "1.0"]),
+    "temperature 1, K=10": ("cluster_pdpo", [TAU, "1.0", K, "10"]),
+    "temperature 1, user lr 0.1": ("cluster_pdpo", [TAU, "1.0", "--model.init_args.user_model_lr", "0.1"]),
+    "temperature 1, logits zeros": (
         "cluster_pdpo",
-        ["--model.init_args.user_model.init_args.temperature", "0.1"]
-        + ["--model.init_args.user_model.init_args.n_clusters", "10"],
+        [TAU, "1.0", "--model.init_args.user_model.init_args.weight_init", "zeros"],
     ),
     "dpo": ("dpo", []),
 }
 
 
-def data(out: Path) -> Path:
+def data(out: Path, shares: dict[str, float]) -> Path:
     directory = out / "data"
     if not (directory / "test.jsonl").is_file():
         plrlhf(
             ["data", "length", "--out", str(directory), "--users", "20", "--unseen_users", "4"]
-            + ["--train_per_user", "100", "--shares", json.dumps(SHARES)]
+            + ["--train_per_user", "100", "--shares", json.dumps(shares)]
         )
     return directory
 
 
-def per_type(metrics: dict[str, float], directory: Path) -> dict[str, tuple[float, float]]:
+def per_type(
+    metrics: dict[str, float], directory: Path, shares: dict[str, float]
+) -> dict[str, tuple[float, float]]:
     """Mean and worst held-out accuracy of the seen users of each type."""
     users = {}
     for line in (directory / "train.jsonl").read_text().splitlines():
         row = json.loads(line)
         users[row["user_id"]] = row["group"]
     result = {}
-    for taste in SHARES:
+    for taste in shares:
         values = [metrics[f"test/rewards/accuracy/user/{u}"] for u, g in users.items() if g == taste]
         result[taste] = (statistics.mean(values), min(values))
     return result
@@ -70,14 +74,18 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="runs/three-types")
+    parser.add_argument(
+        "--shares", default=json.dumps(SHARES), help="types and their shares of the users (JSON)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
-    directory = data(out)
+    directory = data(out, json.loads(args.shares))
     files = [f"--data.init_args.{s}" for s in ("train", "validation", "test")]
     paths = [str(directory / f"{s}.jsonl") for s in ("train", "validation", "test")]
     settings = [a for pair in zip(files, paths) for a in pair] + ["--data.init_args.validation", "null"]
-    print("| variant | seed | " + " | ".join(f"{t} ({SHARES[t]:.0%}) mean / worst" for t in SHARES) + " |")
-    print("|---|---|" + "---|" * len(SHARES))
+    shares = json.loads(args.shares)
+    print("| variant | seed | " + " | ".join(f"{t} ({shares[t]:.0%}) mean / worst" for t in shares) + " |")
+    print("|---|---|" + "---|" * len(shares))
     for name in args.variants:
         method, extra = VARIANTS[name]
         for seed in args.seeds:
@@ -88,7 +96,7 @@ def main() -> None:
                 metrics = test(run)
             else:
                 metrics = json.loads((run / "test" / "test_metrics.json").read_text())
-            cells = [f"{m:.2f} / {w:.2f}" for m, w in per_type(metrics, directory).values()]
+            cells = [f"{m:.2f} / {w:.2f}" for m, w in per_type(metrics, directory, shares).values()]
             print(f"| {name} | {seed} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -219,7 +219,7 @@ class ClusterUserModel(UserModel):
         n_tokens: int = 10,
         n_clusters: int = 5,
         weight_init: Literal["normal", "zeros"] = "normal",
-        temperature: float = 1.0,
+        temperature: float = 0.1,
         seed: int = 123,
     ) -> None:
         """
@@ -230,9 +230,10 @@ class ClusterUserModel(UserModel):
             n_clusters: number of clusters, K (the paper: 10 for PRISM; code default 5).
             weight_init: user logits start at PyTorch's default ``normal`` (the paper's code) or at
                 ``zeros`` (every user an even mixture).
-            temperature: of the mixture's softmax; 1 is the paper's. Below 1, users move between
-                clusters that much faster at the same learning rate (the starting mixtures are the
-                same): at 1 they barely leave their random start in a few epochs.
+            temperature: of the mixture's softmax (the paper's code: 1). Users move between
+                clusters ``1 / temperature`` times faster at the same learning rate, from the same
+                starting mixtures: at 1 they barely leave their random start, and a small type
+                whose users start among a larger type's is not served (``docs/results.md``).
             seed: seed of the vocabulary sampling of the cluster embeddings.
         """
         super().__init__()
@@ -241,8 +242,10 @@ class ClusterUserModel(UserModel):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.n_clusters = n_clusters
-        self.temperature = temperature
         self.seed = seed
+        # In the state dict, so that a checkpoint or export scores with the temperature it was
+        # trained with, whatever the default of the code that loads it.
+        self.register_buffer("temperature", torch.tensor([float(temperature)]))
         self.clusters = nn.Parameter(torch.zeros(n_clusters, n_tokens, hidden_size))
         self.user_logits = nn.Embedding(num_users + 1, n_clusters)
         with torch.no_grad():
@@ -259,7 +262,14 @@ class ClusterUserModel(UserModel):
 
     def weights(self, user_ids: Tensor) -> Tensor:
         """``(B, K)`` mixture weights of the users (rows sum to 1)."""
-        return torch.softmax(self.user_logits(user_ids).float() / self.temperature, dim=-1)
+        return torch.softmax(self.user_logits(user_ids).float() / self.temperature.float(), dim=-1)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Saved by plrlhf <= 0.3.0, which had no temperature: its mixtures were softmax(w).
+        state_dict.setdefault(prefix + "temperature", torch.tensor([1.0]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, user_ids: Tensor) -> Tensor:
         weights = self.weights(user_ids).to(self.clusters.dtype)

@@ -90,6 +90,23 @@ def test_cluster_temperature_keeps_the_start_and_speeds_up_the_mixtures():
         ClusterUserModel(num_users=2, hidden_size=8, temperature=0.0)
 
 
+def test_cluster_models_saved_before_the_temperature_load_as_they_scored():
+    """0.3.0 saved no temperature and mixed with softmax(w): a state dict without it loads at 1
+    into a model whose default is now 0.1; a new state dict keeps its own temperature."""
+    model = ClusterUserModel(num_users=3, hidden_size=8, n_tokens=2, n_clusters=4, temperature=1.0)
+    model.initialize(VOCAB)
+    old = {k: v for k, v in model.state_dict().items() if k != "temperature"}
+    users = torch.arange(4)
+    expected = torch.softmax(model.user_logits.weight.detach(), -1)
+    loaded = ClusterUserModel(num_users=3, hidden_size=8, n_tokens=2, n_clusters=4)
+    assert loaded.temperature.item() == pytest.approx(0.1)
+    loaded.load_state_dict(old)
+    assert_close(loaded.weights(users), expected)
+    fresh = ClusterUserModel(num_users=3, hidden_size=8, n_tokens=2, n_clusters=4, temperature=0.3)
+    model.load_state_dict(fresh.state_dict())
+    assert model.temperature.item() == pytest.approx(0.3)
+
+
 def test_low_rank_users_cost_rank_floats_and_start_generic():
     from plrlhf.user_models import LowRankUserModel
 
