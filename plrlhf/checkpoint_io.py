@@ -79,6 +79,10 @@ def check_checkpoint_fits(module: Any, checkpoint: dict[str, Any]) -> None:
     """Refuse, with names and shapes, a checkpoint of another model (Lightning would raise a long
     state-dict error)."""
     theirs = checkpoint["state_dict"]
+    for name, submodule in module.named_modules():  # (user models saved by older versions)
+        fill = getattr(submodule, "fill_legacy_state", None)
+        if callable(fill):
+            fill(theirs, f"{name}." if name else "")
     ours = module.state_dict()
     missing = sorted(ours.keys() - theirs.keys())
     unexpected = sorted(theirs.keys() - ours.keys())

@@ -67,6 +67,16 @@ class UserModel(nn.Module):
         """Called once with the LM's ``(V, d)`` input embedding table (default: nothing to do)."""
 
     # -- users after training: few-shot adaptation ------------------------------------------------
+    def fill_legacy_state(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Add to ``state_dict`` (in place) what older versions of this model did not save, with
+        the values they behaved with, so that their checkpoints and exports load as trained."""
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        self.fill_legacy_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def per_user_tables(self) -> dict[str, nn.Embedding]:
         """The tables holding one row per user (row 0: the generic user), by submodule name: by
         convention every ``nn.Embedding`` of a user model. All other parameters are shared."""
@@ -264,12 +274,9 @@ class ClusterUserModel(UserModel):
         """``(B, K)`` mixture weights of the users (rows sum to 1)."""
         return torch.softmax(self.user_logits(user_ids).float() / self.temperature.float(), dim=-1)
 
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
+    def fill_legacy_state(self, state_dict: dict[str, Any], prefix: str) -> None:
         # Saved by plrlhf <= 0.3.0, which had no temperature: its mixtures were softmax(w).
         state_dict.setdefault(prefix + "temperature", torch.tensor([1.0]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, user_ids: Tensor) -> Tensor:
         weights = self.weights(user_ids).to(self.clusters.dtype)

@@ -107,6 +107,18 @@ def test_cluster_models_saved_before_the_temperature_load_as_they_scored():
     assert model.temperature.item() == pytest.approx(0.3)
 
 
+def test_a_cluster_pdpo_checkpoint_of_0_3_0_passes_the_fit_check_and_loads_at_temperature_1():
+    from plrlhf import ClusterPDPO
+    from tests.conftest import TINY_MODELS, TOKENIZER
+
+    module = ClusterPDPO(model=TINY_MODELS["llama"], tokenizer=TOKENIZER, num_users=3)
+    state = {k: v for k, v in module.state_dict().items() if k != "user_model.temperature"}
+    checkpoint = {"state_dict": state, "hyper_parameters": {}}
+    module.on_load_checkpoint(checkpoint)  # the fit check names missing weights, if any
+    module.load_state_dict(checkpoint["state_dict"])
+    assert module.user_model.temperature.item() == 1.0
+
+
 def test_low_rank_users_cost_rank_floats_and_start_generic():
     from plrlhf.user_models import LowRankUserModel
 
