@@ -174,6 +174,6 @@ class ClusterPDPO(PDPO):
         """
         Args:
             user_model: :class:`plrlhf.ClusterUserModel` and its arguments (``n_clusters``,
-                ``n_tokens``, ``weight_init``, ``seed``).
+                ``n_tokens``, ``weight_init``, ``temperature``: 0.1, ``seed``).
         """
         super().__init__(*args, user_model=user_model, **kwargs)
