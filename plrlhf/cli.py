@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport
+from plrlhf.callbacks.resumed_logs import KeepMetricsOnResume
 from plrlhf.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file, load_checkpoint
 from plrlhf.data.datamodule import PreferenceDataModule
 from plrlhf.methods.lm import LanguageModelModule
@@ -88,6 +89,7 @@ class PlrlhfCLI(LightningCLI):
         parser.link_arguments("model", "data.init_args.length_layout", compute_fn=_length_layout)
         parser.add_lightning_class_args(TestReport, "test_report")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(KeepMetricsOnResume, "keep_metrics_on_resume")
         parser.add_lightning_class_args(SaveOnSigterm, "sigterm")
 
     def _prepare_subcommand_parser(
@@ -106,6 +108,12 @@ class PlrlhfCLI(LightningCLI):
                 "instead of refusing to run without --ckpt_path",
             )
         return parser
+
+    def before_fit(self) -> None:
+        if self.config.get(self.subcommand, {}).get("ckpt_path") is not None:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, KeepMetricsOnResume):
+                    callback.stash(self.trainer)
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's, with three changes: ``last`` is the evaluated run's own checkpoint; a

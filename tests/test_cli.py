@@ -333,3 +333,34 @@ def test_external_user_model_by_class_path():
     assert type(users) is MeanUserModel and users.n_tokens == 3
     (group,) = [g for g in cli.trainer.optimizers[0].param_groups if g["name"] == "user_model"]
     assert any(p is users.table.weight for p in group["params"])  # trained with the method
+
+
+def test_a_resumed_fit_keeps_the_metrics_logged_before_it(tmp_path):
+    """Lightning's CSVLogger deletes metrics.csv when its directory is not empty; a fit resumed
+    with --ckpt_path last into its own directory must still hold every step once, and the
+    validation of the first part."""
+    import csv
+
+    def fit(max_steps, *extra):
+        run(
+            ["fit", *BASE, "--config", str(CONFIGS / "method/dpo.yaml"), *TINY]
+            + ["--trainer.max_steps", str(max_steps), "--trainer.log_every_n_steps", "1"]
+            + ["--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "1"]
+            + ["--data.init_args.max_records", '{"train": 64, "validation": 8}']
+            + ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]
+            + ["--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.name", "run"]
+            + ["--trainer.logger.version", "0", *extra]
+        )
+
+    fit(4)
+    log_dir = tmp_path / "run" / "version_0"
+    (checkpoint,) = (log_dir / "checkpoints").glob("*.ckpt")
+    fit(7, "--ckpt_path", str(checkpoint))
+    with (log_dir / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    train_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert train_steps == list(range(7))  # steps 0-3 from the first fit, once each
+    validated = sorted(int(r["step"]) for r in rows if r.get("val/loss"))
+    # the first fit's validation (after 3 steps, logged at 2, before its checkpoint) and the
+    # resumed fit's own, once each
+    assert len(validated) == 2 and validated[0] == 2 and validated[1] > 3

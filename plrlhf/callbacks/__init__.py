@@ -5,11 +5,13 @@ from plrlhf.callbacks.plots import PerUserReport, UserEmbeddingMap
 from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport, format_table
+from plrlhf.callbacks.resumed_logs import KeepMetricsOnResume
 from plrlhf.callbacks.samples import GenerationSamples
 
 __all__ = [
     "Export",
     "GenerationSamples",
+    "KeepMetricsOnResume",
     "PerUserReport",
     "PredictionWriter",
     "SaveOnSigterm",
