@@ -230,6 +230,7 @@ class ClusterUserModel(UserModel):
         n_clusters: int = 5,
         weight_init: Literal["normal", "zeros"] = "normal",
         temperature: float = 0.1,
+        generic_fits_clusters: bool = True,
         seed: int = 123,
     ) -> None:
         """
@@ -244,6 +245,9 @@ class ClusterUserModel(UserModel):
                 clusters ``1 / temperature`` times faster at the same learning rate, from the same
                 starting mixtures: at 1 they barely leave their random start, and a small type
                 whose users start among a larger type's is not served (``docs/results.md``).
+            generic_fits_clusters: the generic user's loss (the ``alpha`` term) trains the cluster
+                embeddings too (the paper's code). Without it the generic user only chooses its
+                mixture of the clusters the users fit.
             seed: seed of the vocabulary sampling of the cluster embeddings.
         """
         super().__init__()
@@ -253,6 +257,7 @@ class ClusterUserModel(UserModel):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.n_clusters = n_clusters
         self.seed = seed
+        self.generic_fits_clusters = generic_fits_clusters
         # In the state dict, so that a checkpoint or export scores with the temperature it was
         # trained with, whatever the default of the code that loads it.
         self.register_buffer("temperature", torch.tensor([float(temperature)]))
@@ -280,7 +285,12 @@ class ClusterUserModel(UserModel):
 
     def forward(self, user_ids: Tensor) -> Tensor:
         weights = self.weights(user_ids).to(self.clusters.dtype)
-        return torch.einsum("bk,ktd->btd", weights, self.clusters)
+        tokens = torch.einsum("bk,ktd->btd", weights, self.clusters)
+        if self.generic_fits_clusters or not torch.is_grad_enabled():
+            return tokens
+        # Same values; the generic rows' gradient reaches their mixture weights, not the clusters.
+        frozen = torch.einsum("bk,ktd->btd", weights, self.clusters.detach())
+        return torch.where((user_ids == 0)[:, None, None], frozen, tokens)
 
 
 class LowRankUserModel(UserModel):

@@ -69,6 +69,32 @@ def test_cluster_weights_sum_to_one_and_mix_clusters():
     assert model.user_logits.weight.grad[0].abs().sum() > 0  # the generic user's row is learned
 
 
+def test_generic_user_that_does_not_fit_the_clusters_only_moves_its_mixture():
+    """Same tokens either way; with ``generic_fits_clusters=False`` the generic rows (user 0) send
+    gradient to their own logits only, the users' rows to the clusters as before."""
+    grads = {}
+    for fits in (True, False):
+        torch.manual_seed(0)
+        model = ClusterUserModel(4, 8, n_tokens=3, n_clusters=5, generic_fits_clusters=fits)
+        model.initialize(VOCAB)
+        users = torch.tensor([0, 2, 0])
+        out = model(users)
+        (out * torch.linspace(-1, 1, 8)).sum().backward()
+        grads[fits] = (out.detach(), model.clusters.grad.clone(), model.user_logits.weight.grad.clone())
+        with torch.no_grad():
+            assert_close(model(users), out)
+    assert_close(grads[False][0], grads[True][0])
+    assert_close(grads[False][2], grads[True][2])  # the mixtures learn as before, the generic's too
+    assert grads[False][2][0].abs().sum() > 0
+    # the clusters' gradient is the user's part alone: recompute it from user 2 by itself
+    torch.manual_seed(0)
+    alone = ClusterUserModel(4, 8, n_tokens=3, n_clusters=5)
+    alone.initialize(VOCAB)
+    (alone(torch.tensor([2])) * torch.linspace(-1, 1, 8)).sum().backward()
+    assert_close(grads[False][1], alone.clusters.grad)
+    assert not torch.allclose(grads[True][1], alone.clusters.grad)
+
+
 def test_cluster_temperature_keeps_the_start_and_speeds_up_the_mixtures():
     """Adam's first step moves every stored logit by exactly lr (``m / sqrt(v) = +-1``), so the
     effective logits ``w / tau`` move by ``lr / tau``: 10x at tau 0.1, from the same mixtures."""
