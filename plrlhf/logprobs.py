@@ -89,19 +89,17 @@ class _ChunkedLinearLogps(torch.autograd.Function):
                     else:
                         target_slope = inside.float()
                     expected_w = expected_w * rescale[:, None] + weights @ w.float()
-                    target_w += target_slope[:, None] * w.float()[at.squeeze(-1)]
+                    target_w += target_slope[:, None] * w[at.squeeze(-1)].float()
             lse[rows] = top + torch.log(total)
             out[rows] = picked - lse[rows]
             if direction is not None:
                 # d logp / d h = slope(target) W[target] - sum_v p_v slope(v) W[v]
                 direction[rows] = target_w - expected_w / total[:, None]
-        ctx.raw = None
         if direction is not None:
             ctx.save_for_backward(direction)
         elif ctx.needs_input_grad[0] or not frozen_head:
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
-            if hidden.shape[0] * weight.shape[0] <= budget:  # one block: keep it, within the budget
-                ctx.raw = raw
+            one_block = hidden.shape[0] * weight.shape[0] <= budget  # keep it: within the budget
+            ctx.save_for_backward(hidden, weight, bias, targets, lse, raw if one_block else None)
         ctx.softcap, ctx.budget, ctx.direct = softcap, budget, direction is not None
         ctx.hidden_dtype = hidden.dtype
         return out
@@ -111,7 +109,7 @@ class _ChunkedLinearLogps(torch.autograd.Function):
         if ctx.direct:
             (direction,) = ctx.saved_tensors
             return (grad_out[:, None] * direction).to(ctx.hidden_dtype), None, None, None, None, None
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
         softcap = ctx.softcap
         grad_hidden = torch.zeros_like(hidden, dtype=torch.float32) if ctx.needs_input_grad[0] else None
         grad_weight = (
@@ -126,7 +124,7 @@ class _ChunkedLinearLogps(torch.autograd.Function):
             h = hidden[rows].float()
             for columns in slices:
                 w = weight[columns]
-                raw = ctx.raw
+                raw = kept
                 if raw is None:
                     raw = nn.functional.linear(
                         hidden[rows], w, None if bias is None else bias[columns]
@@ -144,7 +142,6 @@ class _ChunkedLinearLogps(torch.autograd.Function):
                     grad_weight[columns] += grad_logits.T @ h
                 if grad_bias is not None:
                     grad_bias[columns] += grad_logits.sum(0)
-        ctx.raw = None
         grad_hidden = grad_hidden.to(hidden.dtype) if grad_hidden is not None else None
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
