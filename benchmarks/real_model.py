@@ -16,6 +16,12 @@ users; DPO, IndividualPDPO and ClusterPDPO with the same budget (``configs/exper
 hh-length-smollm2.yaml``: 800 training triples, one epoch, batch 8). Held-out reward accuracy per
 user and group, then greedy and sampled generations for held-out prompts per user, with their
 mean length per group.
+
+Part 2 (real annotators who disagree): relabeled HH-RLHF with its `helpful` and `harmless`
+annotator types as two users; a plain and a personalized reward model, DPO and IndividualPDPO,
+each on the same 1,600 training triples (``configs/experiment/hh-annotators-smollm2.yaml``), and
+the base model's own preference; accuracy per annotator type on all held-out test triples, and
+personalized minus plain with paired bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -45,6 +51,23 @@ PART1 = {
         "cluster_pdpo": [],
     },
 }
+USER_LR = "--model.init_args.user_model_lr"
+# DPO's settings of part 1; the reward models keep their configs' beta (1) and have no reference
+DPO = ["--model.init_args.beta", "0.1", "--model.init_args.precompute_reference", "true"]
+PART2 = {
+    "experiment": ROOT / "configs/experiment/hh-annotators-smollm2.yaml",
+    "out": Path("runs/hh-annotators"),
+    "data": Path("data/hh_relabeled"),
+    # The user-model rate is part 1's choice on its validation split (5e-2); the reward models
+    # first, since they are the cheaper ones.
+    "methods": {
+        "reward_model": [],
+        "personalized_reward_model": [USER_LR, "0.05"],
+        "dpo": DPO,
+        "individual_pdpo": [*DPO, USER_LR, "0.05"],
+    },
+}
+ANNOTATORS = ("helpful", "harmless")
 MARK = "<!-- real-model part {part}: {edge} -->"
 
 
@@ -58,6 +81,8 @@ def prepare(part: int) -> None:
         convert(smollm2_gguf(), "models/SmolLM2-135M-Instruct")
     if part == 1 and not (PART1["data"] / "train.jsonl").is_file():
         plrlhf(["data", "hh-length", "--out", str(PART1["data"]), "--max_train", "800"])
+    if part == 2 and not (PART2["data"] / "train.jsonl").is_file():
+        plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"])])
 
 
 def train(method: str, settings: dict[str, Any]) -> Path:
@@ -146,7 +171,7 @@ def generations(run: Path, data: Path, users: list[str], prompts: int, sample: b
 
 
 def part1(args: argparse.Namespace) -> None:
-    settings = {**PART1, "out": Path(args.out), "extra": args.extra}
+    settings = {**PART1, "out": Path(args.out or PART1["out"]), "extra": args.extra}
     prepare(1)
     runs = {method: train(method, settings) for method in args.methods}
     data = settings["data"]
@@ -171,6 +196,105 @@ def part1(args: argparse.Namespace) -> None:
             samples.setdefault(method, {})[mode] = rows
     if not args.extra:  # a smoke run with other settings does not replace the documented result
         write_part1(runs, table, lengths, samples, groups, train_users, args)
+
+
+def base_predictions(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The base model's own log-probs of every test pair (an untrained DPO module: its LoRA
+    adapters start at zero)."""
+    run = settings["out"] / "base"
+    path = run / "predict" / "test-pairs.jsonl"
+    if not path.is_file():
+        plrlhf(["predict", "--config", str(ROOT / "configs/method/dpo.yaml"),
+                "--config", str(settings["experiment"]), *DPO,
+                "--trainer.logger.init_args.save_dir", str(settings["out"]),
+                "--trainer.logger.init_args.version", "base", "--untrained", "true",
+                "--data.init_args.predict", str(settings["data"] / "test.jsonl"),
+                "--prediction_writer.filename", path.name])  # fmt: skip
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def paired_difference(
+    first: list[float], second: list[float], draws: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``first - second`` over the same test pairs and its 95% paired bootstrap interval."""
+    differences = [a - b for a, b in zip(first, second, strict=True)]
+    return bootstrap(differences, draws, seed)
+
+
+def part2(args: argparse.Namespace) -> None:
+    settings = {**PART2, "out": Path(args.out or PART2["out"]), "extra": args.extra}
+    prepare(2)
+    runs = {method: train(method, settings) for method in args.methods}
+    data = settings["data"]
+    hits: dict[str, list[float]] = {}
+    users: list[str] = []
+    base = base_predictions(settings)
+    hits["base"] = [float(p["logps/chosen"] > p["logps/rejected"]) for p in base]
+    users = [p["user_id"] for p in base]
+    for method, run in runs.items():
+        preds = pair_predictions(run, data)
+        if [p["user_id"] for p in preds] != users:
+            raise RuntimeError(f"{method}'s test predictions are not in the test file's order")
+        hits[method] = [float(p["rewards/margins"] > 0) for p in preds]
+        if "generic/rewards/margins" in preds[0]:
+            hits[f"{method}/generic"] = [float(p["generic/rewards/margins"] > 0) for p in preds]
+    if not args.extra:
+        write_part2(runs, hits, users)
+
+
+def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list[str]) -> None:
+    columns = list(hits)
+    groups = {**{a: [u == a for u in users] for a in ANNOTATORS}, "all": [True] * len(users)}
+    lines = [
+        MARK.format(part=2, edge="begin"),
+        "## Real annotators who disagree: helpful vs harmless (issue 12 part 2, issue 16)",
+        "",
+        "```bash",
+        "python benchmarks/real_model.py --part 2    # resumable; wall times below",
+        "```",
+        "",
+        "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on",
+        "relabeled HH-RLHF (`plrlhf data hh-relabeled`: split by prompt, seed 123), the `helpful` and",
+        "the `harmless` annotator types as two users; every method trains on the same 1,600 triples",
+        "(200 steps of 8, one pass; `configs/experiment/hh-annotators-smollm2.yaml`) and is tested on",
+        f"all {len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference",
+        "precomputed; reward models: Bradley-Terry (beta 1) on a scalar head; the personalized ones",
+        "(IndividualUserModel, 10 tokens, alpha 0.5, user-model lr 5e-2: part 1's choice on its",
+        "validation split). Wall time per method: "
+        + ", ".join(
+            f"{m} {(r / 'done').read_text().strip()}" for m, r in runs.items() if (r / "done").exists()
+        )
+        + ".",
+        "",
+        "Held-out accuracy per annotator type (share of test pairs whose chosen response gets the higher",
+        "reward; implicit reward for the DPO methods; `base`: the untrained model's log-probabilities),",
+        "95% bootstrap interval over the pairs; `/generic`: the same model asked as the generic user.",
+        "",
+        "| | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for name, member in groups.items():
+        cells = []
+        for column in columns:
+            values = [h for h, m in zip(hits[column], member) if m]
+            cells.append(fmt((*bootstrap(values), len(values))))
+        lines.append(f"| {name} ({sum(member)} pairs) | " + " | ".join(cells) + " |")
+    pairs = (("individual_pdpo", "dpo"), ("personalized_reward_model", "reward_model"))
+    comparisons = [(a, b) for a, b in pairs if a in hits and b in hits]
+    if comparisons:
+        lines += ["", "Personalized minus plain, paired over the same test pairs (95% bootstrap interval):",
+                  "", "| annotators | " + " | ".join(f"{a} - {b}" for a, b in comparisons) + " |",
+                  "|---|" + "---|" * len(comparisons)]  # fmt: skip
+        for name, member in groups.items():
+            cells = []
+            for a, b in comparisons:
+                first = [h for h, m in zip(hits[a], member) if m]
+                second = [h for h, m in zip(hits[b], member) if m]
+                mean, low, high = paired_difference(first, second)
+                cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", MARK.format(part=2, edge="end")]
+    replace_section(2, "\n".join(lines))
 
 
 def fmt(cell: Any) -> str:
@@ -302,11 +426,17 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", type=int, choices=(1,), default=1, help="part 2 is not built yet")
-    parser.add_argument("--methods", nargs="+", default=list(PART1["methods"]))
+    parser.add_argument("--part", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--methods", nargs="+", help="default: every method of the part")
     parser.add_argument("--prompts", type=int, default=12, help="held-out prompts generated for, per user")
-    parser.add_argument("--out", default=str(PART1["out"]), help="where the runs go")
+    parser.add_argument("--out", help="where the runs go (default: runs/hh-length, runs/hh-annotators)")
     parser.add_argument(
         "extra", nargs="*", help="further plrlhf fit arguments (after --), e.g. for a smoke run"
     )
-    part1(parser.parse_args())
+    args = parser.parse_args()
+    part = PART1 if args.part == 1 else PART2
+    args.methods = args.methods or list(part["methods"])
+    unknown = set(args.methods) - set(part["methods"])
+    if unknown:
+        parser.error(f"part {args.part} has no method {sorted(unknown)}; it has {list(part['methods'])}")
+    (part1 if args.part == 1 else part2)(args)

@@ -25,7 +25,7 @@ EXPERIMENT = ROOT / "configs/experiment/synthetic-length.yaml"
 SHARES = {"longer": 0.6, "shorter": 0.25, "medium": 0.15}
 TAU = "--model.init_args.user_model.init_args.temperature"
 K = "--model.init_args.user_model.init_args.n_clusters"
-GENERIC = "--model.init_args.user_model.init_args.generic_fits_clusters"
+GENERIC = "--model.init_args.user_model.init_args.generic_tokens"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "individual": ("individual_pdpo", []),
     "shipped": ("cluster_pdpo", []),  # temperature 0.1 since 0.3.1
@@ -40,9 +40,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [TAU, "1.0", "--model.init_args.user_model.init_args.weight_init", "zeros"],
     ),
     "dpo": ("dpo", []),
-    # the generic user's loss no longer trains the clusters the minorities live in
-    "generic fixed": ("cluster_pdpo", [GENERIC, "false"]),
-    "generic fixed, K=10": ("cluster_pdpo", [GENERIC, "false", K, "10"]),
+    # the generic user has tokens of its own, not a mixture of the users' clusters
+    "generic tokens": ("cluster_pdpo", [GENERIC, "true"]),
+    "generic tokens, K=10": ("cluster_pdpo", [GENERIC, "true", K, "10"]),
 }
 
 

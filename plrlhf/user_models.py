@@ -230,7 +230,7 @@ class ClusterUserModel(UserModel):
         n_clusters: int = 5,
         weight_init: Literal["normal", "zeros"] = "normal",
         temperature: float = 0.1,
-        generic_fits_clusters: bool = True,
+        generic_tokens: bool = False,
         seed: int = 123,
     ) -> None:
         """
@@ -245,9 +245,9 @@ class ClusterUserModel(UserModel):
                 clusters ``1 / temperature`` times faster at the same learning rate, from the same
                 starting mixtures: at 1 they barely leave their random start, and a small type
                 whose users start among a larger type's is not served (``docs/results.md``).
-            generic_fits_clusters: the generic user's loss (the ``alpha`` term) trains the cluster
-                embeddings too (the paper's code). Without it the generic user only chooses its
-                mixture of the clusters the users fit.
+            generic_tokens: the generic user 0 has soft tokens of its own instead of a mixture
+                (the paper's code: a mixture), so that the generic user's loss (the ``alpha``
+                term, every pair) shapes no cluster the users live in.
             seed: seed of the vocabulary sampling of the cluster embeddings.
         """
         super().__init__()
@@ -257,11 +257,11 @@ class ClusterUserModel(UserModel):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.n_clusters = n_clusters
         self.seed = seed
-        self.generic_fits_clusters = generic_fits_clusters
         # In the state dict, so that a checkpoint or export scores with the temperature it was
         # trained with, whatever the default of the code that loads it.
         self.register_buffer("temperature", torch.tensor([float(temperature)]))
         self.clusters = nn.Parameter(torch.zeros(n_clusters, n_tokens, hidden_size))
+        self.generic_tokens = nn.Parameter(torch.zeros(n_tokens, hidden_size)) if generic_tokens else None
         self.user_logits = nn.Embedding(num_users + 1, n_clusters)
         with torch.no_grad():
             if weight_init == "zeros":
@@ -274,10 +274,19 @@ class ClusterUserModel(UserModel):
             self.clusters.copy_(
                 sample_vocabulary_rows(token_embeddings, (self.n_clusters, self.n_tokens), self.seed)
             )
+            if self.generic_tokens is not None:
+                self.generic_tokens.copy_(
+                    sample_vocabulary_rows(token_embeddings, (self.n_tokens,), self.seed + 1)
+                )
 
     def weights(self, user_ids: Tensor) -> Tensor:
         """``(B, K)`` mixture weights of the users (rows sum to 1)."""
         return torch.softmax(self.user_logits(user_ids).float() / self.temperature.float(), dim=-1)
+
+    def new_user_row(self, name: str, table: nn.Embedding) -> Tensor:
+        if self.generic_tokens is None:
+            return super().new_user_row(name, table)
+        return torch.zeros_like(table.weight[:1]).detach()  # no mixture is the generic user: even
 
     def fill_legacy_state(self, state_dict: dict[str, Any], prefix: str) -> None:
         # Saved by plrlhf <= 0.3.0, which had no temperature: its mixtures were softmax(w).
@@ -286,11 +295,9 @@ class ClusterUserModel(UserModel):
     def forward(self, user_ids: Tensor) -> Tensor:
         weights = self.weights(user_ids).to(self.clusters.dtype)
         tokens = torch.einsum("bk,ktd->btd", weights, self.clusters)
-        if self.generic_fits_clusters or not torch.is_grad_enabled():
+        if self.generic_tokens is None:
             return tokens
-        # Same values; the generic rows' gradient reaches their mixture weights, not the clusters.
-        frozen = torch.einsum("bk,ktd->btd", weights, self.clusters.detach())
-        return torch.where((user_ids == 0)[:, None, None], frozen, tokens)
+        return torch.where((user_ids == 0)[:, None, None], self.generic_tokens.to(tokens.dtype), tokens)
 
 
 class LowRankUserModel(UserModel):

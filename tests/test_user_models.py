@@ -69,30 +69,23 @@ def test_cluster_weights_sum_to_one_and_mix_clusters():
     assert model.user_logits.weight.grad[0].abs().sum() > 0  # the generic user's row is learned
 
 
-def test_generic_user_that_does_not_fit_the_clusters_only_moves_its_mixture():
-    """Same tokens either way; with ``generic_fits_clusters=False`` the generic rows (user 0) send
-    gradient to their own logits only, the users' rows to the clusters as before."""
-    grads = {}
-    for fits in (True, False):
-        torch.manual_seed(0)
-        model = ClusterUserModel(4, 8, n_tokens=3, n_clusters=5, generic_fits_clusters=fits)
-        model.initialize(VOCAB)
-        users = torch.tensor([0, 2, 0])
-        out = model(users)
-        (out * torch.linspace(-1, 1, 8)).sum().backward()
-        grads[fits] = (out.detach(), model.clusters.grad.clone(), model.user_logits.weight.grad.clone())
-        with torch.no_grad():
-            assert_close(model(users), out)
-    assert_close(grads[False][0], grads[True][0])
-    assert_close(grads[False][2], grads[True][2])  # the mixtures learn as before, the generic's too
-    assert grads[False][2][0].abs().sum() > 0
-    # the clusters' gradient is the user's part alone: recompute it from user 2 by itself
+def test_a_generic_user_with_tokens_of_its_own_shapes_no_cluster():
+    """``generic_tokens=True``: user 0 is its own (vocabulary-initialised) tokens; the users are
+    mixtures as before; the generic rows' gradient reaches only the generic tokens."""
     torch.manual_seed(0)
-    alone = ClusterUserModel(4, 8, n_tokens=3, n_clusters=5)
-    alone.initialize(VOCAB)
-    (alone(torch.tensor([2])) * torch.linspace(-1, 1, 8)).sum().backward()
-    assert_close(grads[False][1], alone.clusters.grad)
-    assert not torch.allclose(grads[True][1], alone.clusters.grad)
+    model = ClusterUserModel(4, 8, n_tokens=3, n_clusters=5, generic_tokens=True)
+    model.initialize(VOCAB)
+    assert_close(model.generic_tokens.detach(), sample_vocabulary_rows(VOCAB, (3,), seed=124))
+    out = model(torch.tensor([0, 2, 0]))
+    assert_close(out[0], model.generic_tokens)
+    assert_close(out[1], torch.einsum("k,ktd->td", model.weights(torch.tensor([2]))[0], model.clusters))
+    (out[0] * torch.linspace(-1, 1, 8)).sum().backward()
+    assert model.generic_tokens.grad.abs().sum() > 0
+    assert model.clusters.grad is None or model.clusters.grad.abs().sum() == 0
+    assert model.user_logits.weight.grad is None or model.user_logits.weight.grad.abs().sum() == 0
+    # a new user starts as the even mixture (no mixture is the generic user)
+    new = model.for_new_users(1)
+    assert_close(new.weights(torch.tensor([1])), torch.full((1, 5), 0.2))
 
 
 def test_cluster_temperature_keeps_the_start_and_speeds_up_the_mixtures():
