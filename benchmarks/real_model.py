@@ -57,7 +57,7 @@ DPO = ["--model.init_args.beta", "0.1", "--model.init_args.precompute_reference"
 PART2 = {
     "experiment": ROOT / "configs/experiment/hh-annotators-smollm2.yaml",
     "out": Path("runs/hh-annotators"),
-    "data": Path("data/hh_relabeled"),
+    "data": Path("data/hh_annotators"),
     # The user-model rate is part 1's choice on its validation split (5e-2); the reward models
     # first, since they are the cheaper ones.
     "methods": {
@@ -82,7 +82,7 @@ def prepare(part: int) -> None:
     if part == 1 and not (PART1["data"] / "train.jsonl").is_file():
         plrlhf(["data", "hh-length", "--out", str(PART1["data"]), "--max_train", "800"])
     if part == 2 and not (PART2["data"] / "train.jsonl").is_file():
-        plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"])])
+        plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"]), "--max_train", "1600"])
 
 
 def train(method: str, settings: dict[str, Any]) -> Path:
@@ -254,10 +254,10 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
         "```",
         "",
         "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on",
-        "relabeled HH-RLHF (`plrlhf data hh-relabeled`: split by prompt, seed 123), the `helpful` and",
-        "the `harmless` annotator types as two users; every method trains on the same 1,600 triples",
-        "(200 steps of 8, one pass; `configs/experiment/hh-annotators-smollm2.yaml`) and is tested on",
-        f"all {len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference",
+        "relabeled HH-RLHF (`plrlhf data hh-relabeled --max_train 1600`: split by prompt, seed 123), the",
+        "`helpful` and `harmless` annotator types as two users; every method trains on the same 1,600",
+        "triples (one pass, 200 steps of 8; `configs/experiment/hh-annotators-smollm2.yaml`) and is",
+        f"tested on all {len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference",
         "precomputed; reward models: Bradley-Terry (beta 1) on a scalar head; the personalized ones",
         "(IndividualUserModel, 10 tokens, alpha 0.5, user-model lr 5e-2: part 1's choice on its",
         "validation split). Wall time per method: "

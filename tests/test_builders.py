@@ -71,6 +71,12 @@ def test_hh_relabeled_users_orientation_and_splits(hh_source, tmp_path):
     assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
     build_hh_relabeled(hh_source, tmp_path / "again", fractions=(0.6, 0.2, 0.2), seed=1)
     assert (tmp_path / "again/test.jsonl").read_text() == (tmp_path / "out/test.jsonl").read_text()
+    # a training budget keeps the first triples of the same split; validation and test unchanged
+    build_hh_relabeled(hh_source, tmp_path / "budget", fractions=(0.6, 0.2, 0.2), max_train=5, seed=1)
+    assert read(tmp_path / "budget/train.jsonl") == splits["train"][:5]
+    assert (tmp_path / "budget/test.jsonl").read_text() == (tmp_path / "out/test.jsonl").read_text()
+    with pytest.raises(ValueError, match="max_train must be >= 1"):
+        build_hh_relabeled(hh_source, tmp_path / "none", max_train=0)
 
 
 def test_hh_relabeled_bad_record_names_file_and_line(hh_source, tmp_path):

@@ -49,7 +49,7 @@ def fixture_data(experiment, directory):
         build_psoups(fixtures.write_psoups_source(directory), out)
     elif experiment == "prism":
         build_prism(fixtures.write_prism_source(directory), out)
-    elif experiment == "hh-smollm2":
+    elif experiment in ("hh-smollm2", "hh-annotators-smollm2"):
         source = directory / "hh"
         source.mkdir()
         fixtures.write_gz(

@@ -65,6 +65,7 @@ def build_hh_relabeled(
     source: str | Path = "../shared/data/hh_rlhf_relabeled",
     out: str | Path = "data/hh_relabeled",
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    max_train: int | None = None,
     seed: int = 123,
     files: tuple[str, ...] = FILES,
 ) -> dict[str, Counter]:
@@ -77,6 +78,8 @@ def build_hh_relabeled(
         source: directory of the relabeled HH-RLHF ``.jsonl.gz`` files.
         out: output directory.
         fractions: train/validation/test shares of the prompts.
+        max_train: keep only this many training triples, the first of the shuffled split (a
+            training budget). Validation and test are not affected.
         seed: seed of the split.
         files: the source files read.
     """
@@ -110,4 +113,8 @@ def build_hh_relabeled(
     for split in ("train", "validation", "test"):
         splits[split] = [r for r in rows if split_of[r["prompt"]] == split]
         rng.shuffle(splits[split])  # the source lists one annotator type after the other
+    if max_train is not None:
+        if max_train < 1:
+            raise ValueError(f"max_train must be >= 1, got {max_train}")
+        splits["train"] = splits["train"][:max_train]
     return write_splits(out, splits, dropped)
