@@ -129,6 +129,27 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(tmp_path, in_repo
     assert_same_run(clean_run, stopped_run)
 
 
+def test_sigterm_during_the_reference_pass_exits_143_at_once(tmp_path, in_repo, monkeypatch):
+    """The reference pass runs before the first batch and can take an hour on CPU: a SIGTERM
+    there ends the process then, not after the pass and a first batch."""
+    import signal
+
+    from plrlhf.methods.reference import PrecomputedReference
+
+    original = PrecomputedReference.prepare
+
+    def prepare(self, method, trainer):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, method, trainer)
+
+    monkeypatch.setattr(PrecomputedReference, "prepare", prepare)
+    stopped_run, stopped_override = run_config(tmp_path, "stopped")
+    with pytest.raises(SystemExit) as stopped:
+        main(args("quickstart", stopped_override, "--model.init_args.precompute_reference", "true"))
+    assert stopped.value.code == 143
+    assert not (stopped_run / "batches.jsonl").exists() or batches(stopped_run)[1] == 0
+
+
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, in_repo):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 

@@ -34,6 +34,10 @@ class SaveOnSigterm(Callback):
     the signal, and the processes decide together (one all-reduce) at the end of each batch.
     Put it after your other callbacks (the CLI adds it after the configured ones): it ends the
     batch's callbacks. The ``plrlhf`` CLI always adds it.
+
+    A SIGTERM before the first batch (during work done at the start of training, such as the
+    reference pass, which can take an hour on CPU) exits at once with the same status: no step
+    was taken since the run started or resumed, so there is nothing new to save.
     """
 
     def __init__(self, exit_code: int = 128 + signal.SIGTERM) -> None:
@@ -43,15 +47,23 @@ class SaveOnSigterm(Callback):
         """
         self.exit_code = exit_code
         self._received = False
+        self._batches_begun = False
         self._previous: Any = None
 
     def _record(self, signum: int, frame: Any) -> None:
+        if not self._batches_begun:
+            rank_zero_info("SIGTERM before the first batch: nothing new to save; exiting")
+            raise SystemExit(self.exit_code)
         self._received = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
             self._received = False
+            self._batches_begun = False
             self._previous = signal.signal(signal.SIGTERM, self._record)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        self._batches_begun = True
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
         received = self._received
