@@ -16,6 +16,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from plrlhf.callbacks.final_checkpoint import SaveLastAtEnd
 from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.preemption import SaveOnSigterm
 from plrlhf.callbacks.report import TestReport
@@ -91,6 +92,7 @@ class PlrlhfCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(KeepMetricsOnResume, "keep_metrics_on_resume")
         parser.add_lightning_class_args(SaveOnSigterm, "sigterm")
+        parser.add_lightning_class_args(SaveLastAtEnd, "save_last_at_end")
 
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any

@@ -122,3 +122,27 @@ def test_export_callback_with_a_plrlhf_method(tmp_path, datamodule):
     assert (
         len(lm.generate(["Summarize the note.\nNote: Ana ran.\nSummary:"], ["user_0"], max_new_tokens=3)) == 1
     )
+
+
+def test_save_last_at_end_keeps_the_final_step_between_periodic_saves(tmp_path, datamodule):
+    """Lightning alone leaves last.ckpt at step 3 of 5 with a save every 3 steps."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from plrlhf.callbacks import SaveLastAtEnd
+
+    def fit(*extra):
+        directory = tmp_path / f"run{len(extra)}"
+        every_3 = ModelCheckpoint(directory, every_n_train_steps=3, save_last=True, save_top_k=0)
+        trainer = Trainer(
+            max_steps=5,
+            logger=False,
+            callbacks=[every_3, *extra],
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            accelerator="cpu",
+        )
+        trainer.fit(ExternalModule(datamodule.num_users), datamodule=datamodule)
+        return torch.load(directory / "last.ckpt", weights_only=True)["global_step"]
+
+    assert fit() == 3  # what the callback is for
+    assert fit(SaveLastAtEnd()) == 5

@@ -1,6 +1,7 @@
 """Callbacks that any Lightning Trainer can use."""
 
 from plrlhf.callbacks.export import Export
+from plrlhf.callbacks.final_checkpoint import SaveLastAtEnd
 from plrlhf.callbacks.plots import PerUserReport, UserEmbeddingMap
 from plrlhf.callbacks.predictions import PredictionWriter
 from plrlhf.callbacks.preemption import SaveOnSigterm
@@ -14,6 +15,7 @@ __all__ = [
     "KeepMetricsOnResume",
     "PerUserReport",
     "PredictionWriter",
+    "SaveLastAtEnd",
     "SaveOnSigterm",
     "TestReport",
     "UserEmbeddingMap",
