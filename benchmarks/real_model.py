@@ -250,13 +250,7 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
     columns = list(hits)
     groups = {**{a: [u == a for u in users] for a in ANNOTATORS}, "all": [True] * len(users)}
     lines = [
-        MARK.format(part=2, edge="begin"),
-        "## Real annotators who disagree: helpful vs harmless (issue 12 part 2, issue 16)",
-        "",
-        "```bash",
-        "python benchmarks/real_model.py --part 2    # resumable; wall times below",
-        "```",
-        "",
+        *section_head(2, "Real annotators who disagree: helpful vs harmless (issue 12 part 2, issue 16)"),
         "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on",
         "relabeled HH-RLHF (`plrlhf data hh-relabeled --max_train 1600`: split by prompt, seed 123), the",
         "`helpful` and `harmless` annotator types as two users; every method trains on the same 1,600",
@@ -264,11 +258,7 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
         f"tested on all {len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference",
         "precomputed; reward models: Bradley-Terry (beta 1) on a scalar head; the personalized ones",
         "(IndividualUserModel, 10 tokens, alpha 0.5, user-model lr 5e-2: part 1's choice on its",
-        "validation split). Wall time per method: "
-        + ", ".join(
-            f"{m} {(r / 'done').read_text().strip()}" for m, r in runs.items() if (r / "done").exists()
-        )
-        + ".",
+        f"validation split). Wall time per method: {wall_times(runs)}.",
         "",
         "Held-out accuracy per annotator type (share of test pairs whose chosen response gets the higher",
         "reward; implicit reward for the DPO methods; `base`: the untrained model's log-probabilities),",
@@ -308,17 +298,23 @@ def fmt(cell: Any) -> str:
     return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def section_head(part: int, title: str) -> list[str]:
+    command = "python benchmarks/real_model.py" + (f" --part {part}" if part > 1 else "")
+    return [MARK.format(part=part, edge="begin"), f"## {title}", "", "```bash",
+            f"{command}    # resumable; wall times below", "```", ""]  # fmt: skip
+
+
+def wall_times(runs: dict[str, Path]) -> str:
+    """Each method's wall time as its run recorded it (``done``)."""
+    done = {m: r / "done" for m, r in runs.items()}
+    return ", ".join(f"{m} {path.read_text().strip()}" for m, path in done.items() if path.exists())
+
+
 def write_part1(runs, table, lengths, samples, groups, seen, args) -> None:
     methods = list(runs)
     columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
     lines = [
-        MARK.format(part=1, edge="begin"),
-        "## A real pretrained model personalizes: the length task on real text (issue 12, part 1)",
-        "",
-        "```bash",
-        "python benchmarks/real_model.py    # resumable; wall times below",
-        "```",
-        "",
+        *section_head(1, "A real pretrained model personalizes: the length task on real text (issue 12)"),
         "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, beta 0.1, shared-prompt rows,",
         "reference precomputed), relabeled HH-RLHF prompts and responses with synthetic length users",
         "(`plrlhf data hh-length --max_train 800`: pairs whose lengths differ by less than 1.5x dropped;",
@@ -326,10 +322,7 @@ def write_part1(runs, table, lengths, samples, groups, seen, args) -> None:
         "epochs of batch 8 (198 steps) for every method, 2 CPU cores; IndividualPDPO with user-model lr",
         "5e-2 (chosen on the validation split), ClusterPDPO with its shipped settings (`K` 5, temperature",
         "0.1, user-model lr 1e-2). Wall time per method (training, reference pass included): "
-        + ", ".join(
-            f"{m} {(runs[m] / 'done').read_text().strip()}" for m in methods if (runs[m] / "done").is_file()
-        )
-        + ".",
+        f"{wall_times(runs)}.",
         "",
         "Held-out reward accuracy (share of test pairs whose chosen response gets the higher implicit",
         "reward; 95% bootstrap interval over the pairs). `/generic`: the same model asked as the",
