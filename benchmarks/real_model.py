@@ -31,6 +31,7 @@ import json
 import random
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 from cli_steps import ROOT, fit, test
 
 from plrlhf.cli import run as plrlhf
+from plrlhf.io import atomic_write_bytes
 
 DOCS = ROOT / "docs"
 PART1 = {
@@ -95,12 +97,42 @@ def train(method: str, settings: dict[str, Any]) -> Path:
         return run
     if not (run / "done").is_file():
         resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
-        start = time.time()
         extra = [*settings["methods"][method], *settings.get("extra", []), *resume]
-        fit(method, settings["experiment"], settings["out"], method, *extra)
-        (run / "done").write_text(f"{time.time() - start:.0f} s\n")
+        with Stopwatch(run / "elapsed") as watch:
+            fit(method, settings["experiment"], settings["out"], method, *extra)
+        (run / "done").write_text(f"{watch.total():.0f} s\n")
     test(run)
     return run
+
+
+class Stopwatch:
+    """Wall time summed over the sessions a resumed run took: written to ``path`` every
+    ``period`` seconds while running, so a killed session loses at most that much."""
+
+    def __init__(self, path: Path, period: float = 30.0) -> None:
+        self.path, self.period = path, period
+        self.before = float(path.read_text()) if path.is_file() else 0.0
+        self.start = time.time()
+        self.stop = threading.Event()
+
+    def total(self) -> float:
+        return self.before + time.time() - self.start
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, f"{self.total():.1f}".encode())
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.period):
+            self._write()
+
+    def __enter__(self) -> Stopwatch:
+        threading.Thread(target=self._tick, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._write()
 
 
 def pair_predictions(run: Path, data: Path) -> list[dict[str, Any]]:
