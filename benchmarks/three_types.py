@@ -43,6 +43,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # the generic user has tokens of its own, not a mixture of the users' clusters
     "generic tokens": ("cluster_pdpo", [GENERIC, "true"]),
     "generic tokens, K=10": ("cluster_pdpo", [GENERIC, "true", K, "10"]),
+    # each user may move away from the cluster it shares
+    "user offsets": ("cluster_pdpo", ["--model.init_args.user_model.init_args.user_offsets", "true"]),
 }
 
 
