@@ -253,7 +253,8 @@ class ClusterUserModel(UserModel):
                 (``docs/results.md``), so the default stays the paper's.
             user_offsets: each user also gets tokens of its own added to its mixture
                 (``e_u = sum_k w_uk V_k + o_u``, ``o_u`` starting at zero, as the individual
-                model's offsets): a user can move away from the cluster it shares.
+                model's offsets): a user can move away from the cluster it shares. It did not
+                serve a two-user type better on the task measured (``docs/results.md``).
             seed: seed of the vocabulary sampling of the cluster embeddings.
         """
         super().__init__()
