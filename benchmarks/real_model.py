@@ -137,12 +137,15 @@ class Stopwatch:
 
 def pair_predictions(run: Path, data: Path) -> list[dict[str, Any]]:
     """Implicit rewards of every test pair under the trained model (``plrlhf predict``)."""
-    path = run / "predict" / "test-pairs.jsonl"
+    return predicted(run / "predict" / "test-pairs.jsonl", "--config", str(run / "config.yaml"),
+                     "--ckpt_path", str(run / "checkpoints/last.ckpt"),
+                     "--data.init_args.predict", str(data / "test.jsonl"))  # fmt: skip
+
+
+def predicted(path: Path, *arguments: str) -> list[dict[str, Any]]:
+    """The rows of ``plrlhf predict <arguments>`` written to ``path``, unless an earlier run did."""
     if not path.is_file():
-        plrlhf(["predict", "--config", str(run / "config.yaml"),
-                "--ckpt_path", str(run / "checkpoints/last.ckpt"),
-                "--data.init_args.predict", str(data / "test.jsonl"),
-                "--prediction_writer.filename", path.name])  # fmt: skip
+        plrlhf(["predict", *arguments, "--prediction_writer.filename", path.name])
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -237,16 +240,12 @@ def part1(args: argparse.Namespace) -> None:
 def base_predictions(settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The base model's own log-probs of every test pair (an untrained DPO module: its LoRA
     adapters start at zero)."""
-    run = settings["out"] / "base"
-    path = run / "predict" / "test-pairs.jsonl"
-    if not path.is_file():
-        plrlhf(["predict", "--config", str(ROOT / "configs/method/dpo.yaml"),
-                "--config", str(settings["experiment"]), *DPO,
-                "--trainer.logger.init_args.save_dir", str(settings["out"]),
-                "--trainer.logger.init_args.version", "base", "--untrained", "true",
-                "--data.init_args.predict", str(settings["data"] / "test.jsonl"),
-                "--prediction_writer.filename", path.name])  # fmt: skip
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return predicted(settings["out"] / "base" / "predict" / "test-pairs.jsonl",
+                     "--config", str(ROOT / "configs/method/dpo.yaml"),
+                     "--config", str(settings["experiment"]), *DPO,
+                     "--trainer.logger.init_args.save_dir", str(settings["out"]),
+                     "--trainer.logger.init_args.version", "base", "--untrained", "true",
+                     "--data.init_args.predict", str(settings["data"] / "test.jsonl"))  # fmt: skip
 
 
 def paired_difference(

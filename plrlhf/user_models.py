@@ -294,11 +294,10 @@ class ClusterUserModel(UserModel):
         return torch.softmax(self.user_logits(user_ids).float() / self.temperature.float(), dim=-1)
 
     def new_user_row(self, name: str, table: nn.Embedding) -> Tensor:
-        if name == "offsets":
+        # No offset; and with generic tokens no mixture is the generic user: the even one.
+        if name == "offsets" or self.generic_tokens is not None:
             return torch.zeros_like(table.weight[:1]).detach()
-        if self.generic_tokens is None:
-            return super().new_user_row(name, table)
-        return torch.zeros_like(table.weight[:1]).detach()  # no mixture is the generic user: even
+        return super().new_user_row(name, table)
 
     def fill_legacy_state(self, state_dict: dict[str, Any], prefix: str) -> None:
         # Saved by plrlhf <= 0.3.0, which had no temperature: its mixtures were softmax(w).

@@ -23,10 +23,12 @@ class SaveLastAtEnd(Callback):
         if callback is None or not getattr(callback, "save_last", False):
             return
         path = last_checkpoint_path(trainer)
-        saved_step = None
-        if trainer.is_global_zero and path.is_file():
-            saved_step = torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step")
-        behind = saved_step != trainer.global_step
+        behind = False  # decided on rank 0, which wrote the file
+        if trainer.is_global_zero:
+            saved = {}
+            if path.is_file():
+                saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            behind = saved.get("global_step") != trainer.global_step
         if trainer.world_size > 1:  # saving is collective: every process decides the same
             behind = trainer.strategy.reduce_boolean_decision(behind, all=False)
         if behind:
