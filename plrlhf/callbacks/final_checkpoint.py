@@ -32,5 +32,5 @@ class SaveLastAtEnd(Callback):
         if trainer.world_size > 1:  # saving is collective: every process decides the same
             behind = trainer.strategy.reduce_boolean_decision(behind, all=False)
         if behind:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             rank_zero_info(f"saved the end of training (step {trainer.global_step}) to {path}")

@@ -72,7 +72,9 @@ class SaveOnSigterm(Callback):
         if not received:
             return
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)  # every process takes part (sharded states gather)
+        # weights_only=False: save the full state (unset, Lightning logs "defaulting to False", which reads
+        # like an unsafe load)
+        trainer.save_checkpoint(path, weights_only=False)  # every process takes part (sharded states gather)
         rank_zero_info(f"SIGTERM: saved a resumable checkpoint to {path} (resume with --ckpt_path last)")
         raise SystemExit(self.exit_code)
 

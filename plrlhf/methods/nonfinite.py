@@ -86,7 +86,7 @@ class NonFiniteGuard:
                 "loss: check its data."
             )
         path = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / NONFINITE_CHECKPOINT
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         state = (
             "the state from before the update that diverged" if restored else "the state at the first step"
         )
