@@ -298,12 +298,15 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
         "| | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    for name, member in groups.items():
-        cells = []
-        for column in columns:
-            values = [h for h, m in zip(hits[column], member) if m]
-            cells.append(fmt((*bootstrap(values), len(values))))
-        lines.append(f"| {name} ({sum(member)} pairs) | " + " | ".join(cells) + " |")
+    accuracy = {
+        column: [(*bootstrap(values), len(values)) for values in (
+            [h for h, m in zip(hits[column], member) if m] for member in groups.values())]
+        for column in columns
+    }  # fmt: skip
+    for row, (name, member) in enumerate(groups.items()):
+        lines.append(
+            f"| {name} ({sum(member)} pairs) | " + " | ".join(fmt(accuracy[c][row]) for c in columns) + " |"
+        )
     pairs = (("individual_pdpo", "dpo"), ("personalized_reward_model", "reward_model"))
     comparisons = [(a, b) for a, b in pairs if a in hits and b in hits]
     if comparisons:
@@ -318,6 +321,10 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
                 mean, low, high = paired_difference(first, second)
                 cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    plt = pyplot()
+    if plt is not None:
+        png = accuracy_bars(plt, list(groups), accuracy, "real_model_annotators.png")
+        lines += ["", f"![{png}]({png})"]
     lines += ["", MARK.format(part=2, edge="end")]
     replace_section(2, "\n".join(lines))
 
@@ -401,7 +408,8 @@ def write_part1(runs, table, lengths, samples, groups, seen, args) -> None:
     replace_section(1, "\n".join(lines))
 
 
-def plots(table, lengths, groups, methods) -> list[str]:
+def pyplot():
+    """matplotlib's pyplot for files (None, said once, without the ``plots`` extra)."""
     try:
         import matplotlib
 
@@ -409,23 +417,39 @@ def plots(table, lengths, groups, methods) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         print("no matplotlib: pip install 'plrlhf[plots]' for the PNGs", file=sys.stderr)
-        return []
-    users = [r for r in table if r["kind"] == "user"]
-    fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        cells = [r.get(method) for r in users]
-        xs = [j + i * width for j in range(len(users))]
+        return None
+    return plt
+
+
+def accuracy_bars(plt, labels: list[str], series: dict[str, list[Any]], name: str) -> str:
+    """Grouped bars of held-out accuracy with their 95% intervals (cells ``(mean, low, high, n)``
+    or empty), one group per label, one bar per series; saved as ``docs/<name>``."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels) * len(series) / 2), 4))
+    width = 0.8 / len(series)
+    for i, (method, cells) in enumerate(series.items()):
+        xs = [j + i * width for j in range(len(labels))]
         means = [c[0] if c else 0 for c in cells]
         errors = [[c[0] - c[1] if c else 0 for c in cells], [c[2] - c[0] if c else 0 for c in cells]]
         ax.bar(xs, means, width, yerr=errors, capsize=2, label=method)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(users))])
-    ax.set_xticklabels([f"{r['name']}\n{groups[r['name']][:5]}" for r in users], fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
+    ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("held-out reward accuracy")
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / "real_model_accuracy.png", dpi=110)
+    fig.savefig(DOCS / name, dpi=110)
+    return name
+
+
+def plots(table, lengths, groups, methods) -> list[str]:
+    plt = pyplot()
+    if plt is None:
+        return []
+    users = [r for r in table if r["kind"] == "user"]
+    labels = [f"{r['name']}\n{groups[r['name']][:5]}" for r in users]
+    accuracy = accuracy_bars(
+        plt, labels, {m: [r.get(m) for r in users] for m in methods}, "real_model_accuracy.png"
+    )
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.5), sharey=True)
     for ax, method in zip(axes if len(methods) > 1 else [axes], methods):
         data = lengths[method]["greedy"]
@@ -436,7 +460,7 @@ def plots(table, lengths, groups, methods) -> list[str]:
         ax.set_title(f"{method}: greedy length (chars)", fontsize=9)
     fig.tight_layout()
     fig.savefig(DOCS / "real_model_lengths.png", dpi=110)
-    return ["real_model_accuracy.png", "real_model_lengths.png"]
+    return [accuracy, "real_model_lengths.png"]
 
 
 def replace_section(part: int, text: str) -> None:
