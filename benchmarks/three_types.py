@@ -43,8 +43,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # the generic user has tokens of its own, not a mixture of the users' clusters
     "generic tokens": ("cluster_pdpo", [GENERIC, "true"]),
     "generic tokens, K=10": ("cluster_pdpo", [GENERIC, "true", K, "10"]),
-    # each user may move away from the cluster it shares
-    "user offsets": ("cluster_pdpo", ["--model.init_args.user_model.init_args.user_offsets", "true"]),
+    # user_model_lr 0.01 moves the cluster tokens 10x faster than the LM's lr as well as the
+    # mixtures: here the tokens train at the LM's lr and the mixtures move as fast as shipped
+    # (1 / temperature: 0.001 / 0.01 = 0.01 / 0.1)
+    "tokens at LM lr": ("cluster_pdpo", [TAU, "0.01", "--model.init_args.user_model_lr", "0.001"]),
 }
 
 

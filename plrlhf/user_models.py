@@ -231,7 +231,6 @@ class ClusterUserModel(UserModel):
         weight_init: Literal["normal", "zeros"] = "normal",
         temperature: float = 0.1,
         generic_tokens: bool = False,
-        user_offsets: bool = False,
         seed: int = 123,
     ) -> None:
         """
@@ -251,10 +250,6 @@ class ClusterUserModel(UserModel):
                 term, every pair) shapes no cluster the users live in. Measured on two
                 three-type tasks it helped the smaller minority and hurt the larger one
                 (``docs/results.md``), so the default stays the paper's.
-            user_offsets: each user also gets tokens of its own added to its mixture
-                (``e_u = sum_k w_uk V_k + o_u``, ``o_u`` starting at zero, as the individual
-                model's offsets): a user can move away from the cluster it shares. It did not
-                serve a two-user type better on the task measured (``docs/results.md``).
             seed: seed of the vocabulary sampling of the cluster embeddings.
         """
         super().__init__()
@@ -269,9 +264,6 @@ class ClusterUserModel(UserModel):
         self.register_buffer("temperature", torch.tensor([float(temperature)]))
         self.clusters = nn.Parameter(torch.zeros(n_clusters, n_tokens, hidden_size))
         self.generic_tokens = nn.Parameter(torch.zeros(n_tokens, hidden_size)) if generic_tokens else None
-        self.offsets = nn.Embedding(num_users + 1, n_tokens * hidden_size) if user_offsets else None
-        if self.offsets is not None:
-            nn.init.zeros_(self.offsets.weight)
         self.user_logits = nn.Embedding(num_users + 1, n_clusters)
         with torch.no_grad():
             if weight_init == "zeros":
@@ -294,8 +286,8 @@ class ClusterUserModel(UserModel):
         return torch.softmax(self.user_logits(user_ids).float() / self.temperature.float(), dim=-1)
 
     def new_user_row(self, name: str, table: nn.Embedding) -> Tensor:
-        # No offset; and with generic tokens no mixture is the generic user: the even one.
-        if name == "offsets" or self.generic_tokens is not None:
+        # With generic tokens no mixture is the generic user: a new user starts as the even one.
+        if self.generic_tokens is not None:
             return torch.zeros_like(table.weight[:1]).detach()
         return super().new_user_row(name, table)
 
@@ -306,10 +298,6 @@ class ClusterUserModel(UserModel):
     def forward(self, user_ids: Tensor) -> Tensor:
         weights = self.weights(user_ids).to(self.clusters.dtype)
         tokens = torch.einsum("bk,ktd->btd", weights, self.clusters)
-        if self.offsets is not None:
-            # The generic user 0 keeps no offset: it stays a mixture of the users' clusters.
-            is_user = (user_ids > 0).to(tokens.dtype)[:, None, None]
-            tokens = tokens + self.offsets(user_ids).view_as(tokens) * is_user
         if self.generic_tokens is None:
             return tokens
         return torch.where((user_ids == 0)[:, None, None], self.generic_tokens.to(tokens.dtype), tokens)

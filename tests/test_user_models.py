@@ -88,25 +88,6 @@ def test_a_generic_user_with_tokens_of_its_own_shapes_no_cluster():
     assert_close(new.weights(torch.tensor([1])), torch.full((1, 5), 0.2))
 
 
-def test_cluster_user_offsets_start_at_zero_and_skip_the_generic_user():
-    torch.manual_seed(0)
-    model = ClusterUserModel(4, 8, n_tokens=3, n_clusters=5, user_offsets=True)
-    model.initialize(VOCAB)
-    users = torch.tensor([0, 2])
-    mixed = torch.einsum("bk,ktd->btd", model.weights(users), model.clusters)
-    assert_close(model(users), mixed)  # every offset starts at zero
-    with torch.no_grad():
-        model.offsets.weight.fill_(1.0)
-    out = model(users)
-    assert_close(out[0], mixed[0])  # the generic user has no offset
-    assert_close(out[1], mixed[1] + 1.0)
-    out.sum().backward()
-    assert model.offsets.weight.grad[0].abs().sum() == 0 and model.offsets.weight.grad[2].abs().sum() > 0
-    assert set(model.per_user_tables()) == {"offsets", "user_logits"}
-    new = model.for_new_users(1)
-    assert_close(new(torch.tensor([1])), new(torch.tensor([0])))  # a new user starts as the generic
-
-
 def test_cluster_temperature_keeps_the_start_and_speeds_up_the_mixtures():
     """Adam's first step moves every stored logit by exactly lr (``m / sqrt(v) = +-1``), so the
     effective logits ``w / tau`` move by ``lr / tau``: 10x at tau 0.1, from the same mixtures."""
