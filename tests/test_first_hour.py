@@ -66,6 +66,13 @@ def test_no_eval_mode_warning_but_a_line_of_plrlhf(run_with_default_logger):
     assert not [m for m in caught if "in eval mode" in m]
 
 
+def test_no_warning_that_the_absent_validation_split_is_empty(run_with_default_logger):
+    """The run has no validation split, on purpose: Lightning's "Total length of `list` across
+    ranks is zero. Please make sure this was your intention" only worries a new user."""
+    _, caught = run_with_default_logger
+    assert not [m for m in caught if "Total length of" in m]
+
+
 def test_test_prints_the_readable_table_and_writes_below_the_run(
     run_with_default_logger, capsys, monkeypatch, tmp_path
 ):

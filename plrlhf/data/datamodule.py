@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -517,7 +518,10 @@ class PreferenceDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         if "validation" not in self.datasets:
-            return []  # validation is optional: Lightning skips an empty list
+            # Validation is optional: Lightning skips an empty list, and warns that its length is
+            # zero ("Please make sure this was your intention"): it was.
+            warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+            return []
         return self._loader("validation", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
