@@ -167,6 +167,11 @@ class PlrlhfCLI(LightningCLI):
             c for c in callbacks if not str(getattr(c, "class_path", "")).endswith("ModelCheckpoint")
         ]
         config.trainer.enable_checkpointing = False
+        # ... and Lightning, finding the checkpoint's ModelCheckpoint state without the callback,
+        # would ask for it to be added back ("Please add the following callbacks").
+        warnings.filterwarnings(
+            "ignore", message="Be aware that when using `ckpt_path`, callbacks used to create"
+        )
         # Evaluating a run from its saved config would reuse the run's logger version, and the
         # logger would replace the training metrics there: evaluation logs go one level down.
         logger = config.trainer.logger

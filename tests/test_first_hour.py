@@ -79,7 +79,12 @@ def test_test_prints_the_readable_table_and_writes_below_the_run(
     run, _ = run_with_default_logger
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", "last"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", "last"])
+    # Evaluation drops the run's ModelCheckpoint on purpose (it writes nothing): Lightning's "Please
+    # add the following callbacks: [ModelCheckpoint...]" would send a new user looking for it.
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
     out = capsys.readouterr().out
     assert "user user_0" in out and "test metrics written to" in out
     assert "test/rewards/accuracy/user/user_0" not in out  # Lightning's metric dump is off
