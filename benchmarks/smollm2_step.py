@@ -111,7 +111,8 @@ def measure(method: str, train: Path, steps: int, warmup: int, out: Path) -> dic
          "--trainer.max_steps", str(warmup + steps), "--trainer.enable_checkpointing", "false",
          "--trainer.callbacks", json.dumps([timer]), "--trainer.logger", "false",
          "--trainer.enable_progress_bar", "false", "--trainer.val_check_interval", "null",
-         "--model.init_args.reference_cache_dir", str(out / "reference" / method)]
+         "--model.init_args.reference_cache_dir", str(out / "reference" / method),
+         "--trainer.default_root_dir", str(out)]  # (its config.yaml goes there, not into the cwd)
     )  # fmt: skip
     (timer,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "StepTimer"]
     step = statistics.median(timer.steps)
