@@ -5,8 +5,9 @@
     python benchmarks/real_model.py --part 2        # part 2: helpful vs harmless annotators
 
 Everything is prepared from a fresh clone (the GGUF conversion, `plrlhf data hh-length` /
-`hh-relabeled`), and every step is resumable: a method whose run has a checkpoint and no test
-metrics is resumed with ``--ckpt_path last``; finished steps are skipped. Outputs go to
+`hh-relabeled`), and every step is resumable: a method whose run has a checkpoint and no ``done``
+mark is resumed with ``--ckpt_path last``; finished steps (training, predictions, generations)
+are skipped. Outputs go to
 ``runs/hh-length`` (part 1) or ``runs/hh-annotators`` (part 2); the tables (95% bootstrap
 intervals over test pairs) and PNGs are written into ``docs/results.md`` / ``docs/``.
 
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli_steps import ROOT, fit, test
+from cli_steps import ROOT, fit
 
 from plrlhf.cli import run as plrlhf
 from plrlhf.io import atomic_write_bytes
@@ -92,16 +93,16 @@ def prepare(part: int) -> None:
 
 
 def train(method: str, settings: dict[str, Any]) -> Path:
+    """``plrlhf fit`` of one method (resumed where it stopped). Its held-out numbers come from
+    ``plrlhf predict`` of the test pairs (:func:`pair_predictions`), per pair for the intervals;
+    a ``plrlhf test`` as well would score every test pair a second time."""
     run = settings["out"] / method
-    if (run / "test" / "test_metrics.json").is_file():
-        return run
     if not (run / "done").is_file():
         resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
         extra = [*settings["methods"][method], *settings.get("extra", []), *resume]
         with Stopwatch(run / "elapsed") as watch:
             fit(method, settings["experiment"], settings["out"], method, *extra)
         (run / "done").write_text(f"{watch.total():.0f} s\n")
-    test(run)
     return run
 
 

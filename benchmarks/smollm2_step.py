@@ -15,7 +15,8 @@ through the LoRA model with plain causal attention, the LM head on the response 
 value head's single position for the reward models), forward and backward; nothing else. Its
 gradients are cleared before the method's own backward.
 
-Triples per hour = 3600 * batch / median step time, and with the reference pass amortised over
+The ratio is of the mean times over the same batches; triples per hour = 3600 * batch / mean step
+time, and with the reference pass amortised over
 the two epochs of the real-model runs (its cost per triple once per run).
 """
 
@@ -115,7 +116,9 @@ def measure(method: str, train: Path, steps: int, warmup: int, out: Path) -> dic
          "--trainer.default_root_dir", str(out)]  # (its config.yaml goes there, not into the cwd)
     )  # fmt: skip
     (timer,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "StepTimer"]
-    step = statistics.median(timer.steps)
+    # Length-grouped batches differ in width several-fold: the ratio is of the summed times over
+    # the same batches, and throughput is from the mean step (a median would pick one width).
+    step, bare = statistics.mean(timer.steps), statistics.mean(timer.bare)
     batch = 8
     triples = int(train.read_text().count("\n"))
     reference_per_triple = timer.reference / triples if "reward" not in method else 0.0
@@ -123,8 +126,9 @@ def measure(method: str, train: Path, steps: int, warmup: int, out: Path) -> dic
         "method": method,
         "step_s": step,
         "steps_s": timer.steps,
-        "bare_s": statistics.median(timer.bare),
-        "ratio": step / statistics.median(timer.bare),
+        "bare_s": bare,
+        "bare_steps_s": timer.bare,
+        "ratio": step / bare,
         "reference_s_per_triple": reference_per_triple,
         "triples_per_hour": 3600 * batch / step,
         "triples_per_hour_with_reference": 3600 / (step / batch + reference_per_triple / EPOCHS),
@@ -170,8 +174,8 @@ def main() -> None:
             results.append(json.loads(rows[-1][len("RESULT ") :]))
             print(f"{method}: step {results[-1]['step_s']:.1f} s", flush=True)
     print(f"\n{torch.get_num_threads()} threads, torch {torch.__version__}, {len(lines)} triples, batch 8\n")
-    print("| method | plrlhf step (s) | bare fwd+bwd (s) | ratio | reference (s/triple) | triples/h | "
-          f"triples/h, reference amortised over {EPOCHS} epochs | peak RSS (GiB) |")  # fmt: skip
+    print("| method | plrlhf step, mean (s) | bare fwd+bwd, mean (s) | ratio | reference (s/triple) | "
+          f"triples/h | triples/h, reference amortised over {EPOCHS} epochs | peak RSS (GiB) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(

@@ -127,3 +127,10 @@ def fit_args(method: str, train, test, steps: int, *extra: str) -> list[str]:
         *("--data.init_args.test", str(test), "--trainer.max_steps", str(steps)),
         *extra,
     ]
+
+
+def file_order_batch(dm, split: str, n: int | None = None) -> dict:
+    """The first ``n`` items of ``split`` (all by default) as one batch, in file order: the data
+    module's loaders hand evaluation batches over narrowest first."""
+    data = dm.datasets[split]
+    return dm._collator(split)([data[i] for i in range(len(data) if n is None else n)])

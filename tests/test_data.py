@@ -12,7 +12,7 @@ from plrlhf.data.collate import EncodedTriple, PreferenceCollator
 from plrlhf.data.encoding import Fields, encode_records
 from plrlhf.data.sources import read_records
 from plrlhf.tokenizer import load_tokenizer
-from tests.conftest import TOKENIZER, triple, write_jsonl
+from tests.conftest import TOKENIZER, quiet_trainer, triple, write_jsonl
 
 
 def datamodule(tmp_path, train_rows, test_rows=None, **kwargs):
@@ -234,3 +234,18 @@ def test_dataloader_batches_from_datamodule(tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 4 and batch["user_ids"].shape == (2,)
+
+
+def test_evaluation_batches_run_shortest_first_unless_only_some_are_evaluated(tmp_path):
+    words = [6, 1, 4, 2, 5, 3]  # rejected responses of these many extra words, in file order
+    rows = [triple(str(i), rejected=" Ana baked bread" + " again" * n + ".") for i, n in enumerate(words)]
+    dm = datamodule(tmp_path, rows[:2], test_rows=rows, eval_batch_size=2)
+    dm.setup("test")
+    users = [b["user_keys"].tolist() for b in dm.test_dataloader()]
+    key = {name: k for k, name in enumerate(dm.user_names)}
+    assert users == [[key["1"], key["3"]], [key["5"], key["2"]], [key["4"], key["0"]]]
+    # Two of three batches: the file's first two, not the shortest.
+    dm.trainer = quiet_trainer(tmp_path, limit_test_batches=2)
+    assert [b["user_keys"].tolist() for b in dm.test_dataloader()][0] == [key["0"], key["1"]]
+    dm.trainer = quiet_trainer(tmp_path, limit_test_batches=3)  # all of them: sorted again
+    assert [b["user_keys"].tolist() for b in dm.test_dataloader()][0] == [key["1"], key["3"]]

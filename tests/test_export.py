@@ -11,7 +11,7 @@ import plrlhf
 from plrlhf import IndividualPDPO, PreferenceDataModule, RewardModel
 from plrlhf.export import export, load
 from plrlhf.user_models import ClusterUserModel, IndividualUserModel
-from tests.conftest import TINY_MODELS, TOKENIZER, synthetic_rows, write_jsonl
+from tests.conftest import TINY_MODELS, TOKENIZER, file_order_batch, synthetic_rows, write_jsonl
 from tests.test_methods import randomize_user_model
 
 PROMPTS = [
@@ -111,7 +111,7 @@ def test_exported_scores_equal_the_training_stack(tmp_path, user_tokens, method)
                 if "lora_B" in name:
                     parameter.normal_(std=0.1)
     dm.setup("test")
-    batch = next(iter(dm.test_dataloader()))
+    batch = file_order_batch(dm, "test")
     with torch.no_grad():
         expected = module.score(batch)["user"]
     loaded = load(export(module, tmp_path / "export", dm.registry))

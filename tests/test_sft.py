@@ -12,7 +12,14 @@ import torch
 from plrlhf import SFT, PreferenceDataModule
 from plrlhf.callbacks import PredictionWriter
 from plrlhf.user_models import IndividualUserModel
-from tests.conftest import TINY_MODELS, TOKENIZER, quiet_trainer, synthetic_rows, write_jsonl
+from tests.conftest import (
+    TINY_MODELS,
+    TOKENIZER,
+    file_order_batch,
+    quiet_trainer,
+    synthetic_rows,
+    write_jsonl,
+)
 
 
 @pytest.fixture
@@ -75,7 +82,7 @@ def test_sft_predict_on_triples_gives_both_log_probs(data, tmp_path):
     quiet_trainer(tmp_path, callbacks=[writer]).predict(module, datamodule=data)
     rows = [json.loads(line) for line in writer.path.read_text().splitlines()]
     assert len(rows) == 32 and rows[0]["user_id"] in ("user_0", "user_1", "user_4")
-    batch = next(iter(data.predict_dataloader()))
+    batch = file_order_batch(data, "predict", 8)  # the writer puts rows back in file order
     with torch.no_grad():
         expected = module.policy.pair_logps(
             batch["input_ids"],

@@ -132,7 +132,9 @@ class PreferenceDataModule(LightningDataModule):
             predict: data for ``predict``: triples are scored; records without responses
                 (``{user_id, prompt}``) are prompts to generate a response for.
             batch_size: preference triples per training batch (per device).
-            eval_batch_size: triples per evaluation batch (default: ``batch_size``).
+            eval_batch_size: triples per evaluation batch (default: ``batch_size``). Evaluation
+                and prediction batch them narrowest first (less padding; predictions are
+                written in file order).
             max_length: most tokens of prompt plus the longer response.
             max_prompt_length: most prompt tokens; longer prompts lose their beginning.
             prompt_field: record key of the prompt (text, or a list of chat messages).
@@ -477,9 +479,27 @@ class PreferenceDataModule(LightningDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
+            sampler=self._evaluation_order(split, batch_size),
             collate_fn=self._collator(split),
             num_workers=self.num_workers,
         )
+
+    def _evaluation_order(self, split: Split, batch_size: int) -> list[int] | None:
+        """Indices of ``split`` narrowest rows first, so that each evaluation batch pads to rows of
+        about its own width (on the real-model test split, 41% fewer tokens than in file order).
+        Metrics do not depend on the order and the prediction writer puts rows back in file
+        order. ``None`` (file order) when the trainer evaluates only some batches of the split:
+        those must stay the file's first ones, not the shortest."""
+        data = self.datasets[split]
+        limit = getattr(self.trainer, _LIMITS[split], 1.0) if self.trainer is not None else 1.0
+        batches = -(-len(data) // batch_size)
+        if not (limit == 1.0 if isinstance(limit, float) else limit >= batches):
+            return None
+        if isinstance(data, list):  # prompts to generate for
+            widths = np.array([len(p.prompt_ids) for p in data])
+        else:
+            widths = _row_widths(_lengths(data), self.length_layout == "shared_prompt")
+        return np.argsort(widths, kind="stable").tolist()
 
     def _collator(self, split: Split) -> PreferenceCollator | PromptCollator:
         data = self.datasets[split]
@@ -567,6 +587,14 @@ class NameTable:
             self._keys[name] = len(self.names)
             self.names.append(f"{name} (id)" if name == self.names[0] else name)
         return self._keys[name]
+
+
+# The trainer's setting that limits how many batches of a split it evaluates.
+_LIMITS = {
+    "validation": "limit_val_batches",
+    "test": "limit_test_batches",
+    "predict": "limit_predict_batches",
+}
 
 
 def _dataset_split(split: Split) -> str:
