@@ -213,12 +213,14 @@ def generations(run: Path, data: Path, users: list[str], prompts: int, sample: b
 def part1(args: argparse.Namespace) -> None:
     settings = {**PART1, "out": Path(args.out or PART1["out"]), "extra": args.extra}
     prepare(1)
-    runs = {method: train(method, settings) for method in args.methods}
     data = settings["data"]
+    runs, predictions = {}, {}
+    for method in args.methods:  # each method's test numbers as soon as it is trained
+        runs[method] = train(method, settings)
+        predictions[method] = pair_predictions(runs[method], data)
     test_rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
     train_users = {json.loads(line)["user_id"] for line in (data / "train.jsonl").read_text().splitlines()}
     groups = {r["user_id"]: r["group"] for r in test_rows}
-    predictions = {method: pair_predictions(run, data) for method, run in runs.items()}
     table = accuracy_table(predictions, groups, train_users)
     users = sorted(groups, key=lambda u: (u not in train_users, groups[u], u))
     lengths: dict[str, dict[str, dict[str, list[int]]]] = {}
