@@ -21,6 +21,20 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _process_umask() -> int:
+    """The process's umask (read at import, while nothing else runs: setting it to read it is
+    not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# ``mkstemp`` / ``mkdtemp`` create private files (0600) and directories (0700); what replaces a
+# target gets the permissions a plain ``open`` / ``mkdir`` would have given it.
+_FILE_MODE = 0o666 & ~_process_umask()
+_DIRECTORY_MODE = 0o777 & ~_process_umask()
+
+
 def _fsync_directory(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
         fd = os.open(directory, os.O_RDONLY)
@@ -38,6 +52,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -89,6 +104,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, _DIRECTORY_MODE)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

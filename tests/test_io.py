@@ -3,6 +3,7 @@ a full disk leaves the previous file as it was."""
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 
@@ -84,3 +85,16 @@ def test_the_cli_trainer_writes_checkpoints_atomically(monkeypatch):
         "lightning.pytorch.cli.LightningCLI.instantiate_trainer", lambda self, **kw: Trainer(logger=False)
     )
     assert isinstance(cli.instantiate_trainer().strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_atomic_files_and_directories_get_the_permissions_of_plain_ones(tmp_path):
+    (tmp_path / "plain.json").write_text("{}")
+    (tmp_path / "plain").mkdir()
+    atomic_write_text(tmp_path / "users.json", "{}")  # through mkstemp: 0600 unless set
+    with atomic_directory(tmp_path / "export") as out:  # through mkdtemp: 0700 unless set
+        (out / "a").write_text("1")
+
+    def mode(name):
+        return stat.S_IMODE((tmp_path / name).stat().st_mode)
+
+    assert mode("users.json") == mode("plain.json") and mode("export") == mode("plain")
