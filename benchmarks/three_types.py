@@ -26,6 +26,7 @@ SHARES = {"longer": 0.6, "shorter": 0.25, "medium": 0.15}
 TAU = "--model.init_args.user_model.init_args.temperature"
 K = "--model.init_args.user_model.init_args.n_clusters"
 GENERIC = "--model.init_args.user_model.init_args.generic_tokens"
+POPULATION = "--model.init_args.user_model.init_args.population_generic"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "individual": ("individual_pdpo", []),
     "shipped": ("cluster_pdpo", []),  # temperature 0.1 since 0.3.1
@@ -43,6 +44,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # the generic user has tokens of its own, not a mixture of the users' clusters
     "generic tokens": ("cluster_pdpo", [GENERIC, "true"]),
     "generic tokens, K=10": ("cluster_pdpo", [GENERIC, "true", K, "10"]),
+    # the generic user is the mean of the seen users' mixtures (not a learned row)
+    "population generic": ("cluster_pdpo", [POPULATION, "true"]),
     # user_model_lr 0.01 moves the cluster tokens 10x faster than the LM's lr as well as the
     # mixtures: here the tokens train at the LM's lr and the mixtures move as fast as shipped
     # (1 / temperature: 0.001 / 0.01 = 0.01 / 0.1)

@@ -200,3 +200,34 @@ def test_sparse_low_rank_rows_get_sparse_gradients():
     model(torch.tensor([3, 7])).sum().backward()
     grad = model.coefficients.weight.grad
     assert grad.is_sparse and set(grad.coalesce().indices()[0].tolist()) == {3, 7}
+
+
+def test_a_population_generic_user_is_the_users_mean_mixture_and_stays_after_training():
+    """``population_generic=True``: user 0's mixture is the mean of users 1..N's (hand-computed
+    from the logits), its loss reaches the clusters but no user's logits, and adapting or adding
+    users afterwards does not move it."""
+    torch.manual_seed(0)
+    model = ClusterUserModel(4, 8, n_tokens=3, n_clusters=5, population_generic=True)
+    model.initialize(VOCAB)
+    with torch.no_grad():
+        model.user_logits.weight.copy_(torch.randn(5, 5))
+    mean = torch.softmax(model.user_logits.weight[1:].detach() / 0.1, dim=-1).mean(0)
+    model.train()
+    out = model(torch.tensor([0, 2]))
+    assert_close(out[0], torch.einsum("k,ktd->td", mean, model.clusters))
+    (out[0] * torch.linspace(-1, 1, 8)).sum().backward()
+    assert model.clusters.grad.abs().sum() > 0
+    assert model.user_logits.weight.grad.abs().sum() == 0
+    model.eval()
+    generic = model(torch.tensor([0])).detach()
+    new = model.for_new_users(2)
+    assert_close(new.weights(torch.tensor([1, 2])), mean.expand(2, -1))  # new users start generic
+    new.train()
+    with torch.no_grad():
+        new.user_logits.weight[1:] = torch.randn(2, 5)
+    new(torch.tensor([1, 0])).sum().backward()  # adaptation steps do not move the generic user
+    assert_close(new.weights(torch.tensor([0]))[0], mean)
+    model.append_users(new)
+    assert_close(model(torch.tensor([0])), generic)
+    with pytest.raises(ValueError, match="choose one"):
+        ClusterUserModel(4, 8, generic_tokens=True, population_generic=True)
