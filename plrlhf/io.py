@@ -31,8 +31,9 @@ def _process_umask() -> int:
 
 # ``mkstemp`` / ``mkdtemp`` create private files (0600) and directories (0700); what replaces a
 # target gets the permissions a plain ``open`` / ``mkdir`` would have given it.
-_FILE_MODE = 0o666 & ~_process_umask()
-_DIRECTORY_MODE = 0o777 & ~_process_umask()
+_UMASK = _process_umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIRECTORY_MODE = 0o777 & ~_UMASK
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -278,10 +278,12 @@ class ClusterUserModel(UserModel):
                 self.user_logits.weight.mul_(temperature)
         if generic_tokens and population_generic:
             raise ValueError("generic_tokens and population_generic both define the generic user: choose one")
-        self.follows_population = population_generic  # off in models of new users (adaptation)
         self.population: Tensor | None
         if population_generic:  # in the state dict: a checkpoint's generic user is as trained
             self.register_buffer("population", torch.zeros(n_clusters))
+            # Off once users are adapted or appended (they must not move the generic user); in
+            # the state dict, so that it stays off after a checkpoint is reloaded.
+            self.register_buffer("follows_population", torch.tensor(True))
             self._follow_population()
         else:
             self.population = None
@@ -307,7 +309,7 @@ class ClusterUserModel(UserModel):
         weights = torch.softmax(self.user_logits(user_ids).float() / self.temperature.float(), dim=-1)
         if self.population is None:
             return weights
-        if self.follows_population:
+        if bool(self.follows_population):
             self._follow_population()
         return torch.where((user_ids == 0)[:, None], self.population.float()[None], weights)
 
@@ -323,12 +325,14 @@ class ClusterUserModel(UserModel):
     def for_new_users(self, count: int, start: list[int] | None = None) -> UserModel:
         new = super().for_new_users(count, start)
         assert isinstance(new, ClusterUserModel)
-        new.follows_population = False  # the generic user stays the trained population's
+        if new.population is not None:  # the generic user stays the trained population's
+            new.follows_population.fill_(False)
         return new
 
     def append_users(self, new: UserModel) -> None:
         super().append_users(new)
-        self.follows_population = False  # adapted users do not move the generic user
+        if self.population is not None:  # adapted users do not move the generic user
+            self.follows_population.fill_(False)
 
     def fill_legacy_state(self, state_dict: dict[str, Any], prefix: str) -> None:
         # Saved by plrlhf <= 0.3.0, which had no temperature: its mixtures were softmax(w).

@@ -229,5 +229,8 @@ def test_a_population_generic_user_is_the_users_mean_mixture_and_stays_after_tra
     assert_close(new.weights(torch.tensor([0]))[0], mean)
     model.append_users(new)
     assert_close(model(torch.tensor([0])), generic)
+    reloaded = ClusterUserModel(6, 8, n_tokens=3, n_clusters=5, population_generic=True)
+    reloaded.load_state_dict(model.state_dict())  # ... nor after a checkpoint is reloaded
+    assert_close(reloaded(torch.tensor([0])), generic)
     with pytest.raises(ValueError, match="choose one"):
         ClusterUserModel(4, 8, generic_tokens=True, population_generic=True)
