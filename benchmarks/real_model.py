@@ -102,7 +102,7 @@ def train(method: str, settings: dict[str, Any]) -> Path:
         extra = [*settings["methods"][method], *settings.get("extra", []), *resume]
         with Stopwatch(run / "elapsed") as watch:
             fit(method, settings["experiment"], settings["out"], method, *extra)
-        (run / "done").write_text(f"{watch.total():.0f} s\n")
+        atomic_write_bytes(run / "done", f"{watch.total():.0f} s\n".encode())
     return run
 
 
@@ -157,6 +157,24 @@ def bootstrap(values: list[float], draws: int = 2000, seed: int = 0) -> tuple[fl
     return statistics.fmean(values), means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
 
 
+def ratio_interval(
+    numerator: list[float], denominator: list[float], draws: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``mean(numerator) / mean(denominator)`` and its 95% percentile interval, each side
+    resampled on its own."""
+    rng = random.Random(seed)
+    ratios = sorted(
+        statistics.fmean(rng.choices(numerator, k=len(numerator)))
+        / statistics.fmean(rng.choices(denominator, k=len(denominator)))
+        for _ in range(draws)
+    )
+    return (
+        statistics.fmean(numerator) / statistics.fmean(denominator),
+        ratios[int(0.025 * draws)],
+        ratios[int(0.975 * draws) - 1],
+    )
+
+
 def accuracy_table(
     predictions: dict[str, list[dict[str, Any]]], groups: dict[str, str], seen: set[str]
 ) -> list[dict]:
@@ -195,8 +213,9 @@ def generations(run: Path, data: Path, users: list[str], prompts: int, sample: b
         chosen = list(dict.fromkeys(r["prompt"] for r in test_rows))[:prompts]
         requests = run / "predict" / f"{name}-prompts.jsonl"
         requests.parent.mkdir(parents=True, exist_ok=True)
-        requests.write_text(
-            "".join(json.dumps({"user_id": u, "prompt": p}) + "\n" for u in users for p in chosen)
+        atomic_write_bytes(
+            requests,
+            "".join(json.dumps({"user_id": u, "prompt": p}) + "\n" for u in users for p in chosen).encode(),
         )
         settings = {
             "max_new_tokens": MAX_NEW_TOKENS,
@@ -379,16 +398,19 @@ def write_part1(runs, table, lengths, samples, groups, seen, args) -> None:
         lines.append(f"| {label} | " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
     lines += ["", "Mean length (characters) of the generated responses for held-out prompts"
               f" ({args.prompts} prompts per user, {MAX_NEW_TOKENS} new tokens at most):", "",
-              "| method | decoding | majority (seen) | minority (seen) | ratio | majority (unseen) "
-              "| minority (unseen) |",
+              "| method | decoding | majority (seen) | minority (seen) | ratio [95% interval] "
+              "| majority (unseen) | minority (unseen) |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method in methods:
         for mode in ("greedy", "sampled"):
             by = {k: statistics.fmean(v) for k, v in lengths[method][mode].items()}
             major, minor = by.get("majority (seen)", 0.0), by.get("minority (seen)", 0.0)
-            ratio = major / minor if minor else float("nan")
+            ratio = ratio_interval(
+                lengths[method][mode]["majority (seen)"], lengths[method][mode]["minority (seen)"]
+            )
             lines.append(
-                f"| {method} | {mode} | {major:.0f} | {minor:.0f} | {ratio:.2f} | "
+                f"| {method} | {mode} | {major:.0f} | {minor:.0f} | "
+                f"{ratio[0]:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}] | "
                 f"{by.get('majority (unseen)', 0.0):.0f} | {by.get('minority (unseen)', 0.0):.0f} |"
             )
     lines += [
@@ -474,7 +496,7 @@ def replace_section(part: int, text: str) -> None:
         current = current[: current.index(begin)] + text + current[current.index(end) + len(end) :]
     else:
         current = current.rstrip() + "\n\n" + text + "\n"
-    path.write_text(current)
+    atomic_write_bytes(path, current.encode())
     print(f"written to {path}")
 
 
