@@ -233,30 +233,29 @@ def part1(args: argparse.Namespace) -> None:
     settings = {**PART1, "out": Path(args.out or PART1["out"]), "extra": args.extra}
     prepare(1)
     data = settings["data"]
-    runs, predictions = {}, {}
-    for method in args.methods:  # each method's test numbers as soon as it is trained
-        runs[method] = train(method, settings)
-        predictions[method] = pair_predictions(runs[method], data)
     test_rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
     train_users = {json.loads(line)["user_id"] for line in (data / "train.jsonl").read_text().splitlines()}
     groups = {r["user_id"]: r["group"] for r in test_rows}
-    table = accuracy_table(predictions, groups, train_users)
     users = sorted(groups, key=lambda u: (u not in train_users, groups[u], u))
-    lengths: dict[str, dict[str, dict[str, list[int]]]] = {}
+    runs, predictions = {}, {}
+    lengths: dict[str, dict[str, dict[str, list[int]]]] = {}  # characters
+    tokens: dict[str, dict[str, dict[str, list[int]]]] = {}
     samples: dict[str, dict[str, list[dict]]] = {}
-    for method, run in runs.items():
+    for method in args.methods:  # each method's test numbers and generations as soon as it is trained
+        runs[method] = run = train(method, settings)
+        predictions[method] = pair_predictions(run, data)
         for sample in (False, True):
             rows = generations(run, data, users, args.prompts, sample)
             mode = "sampled" if sample else "greedy"
             for row in rows:
                 kind = "seen" if row["user_id"] in train_users else "unseen"
                 key = f"{groups[row['user_id']]} ({kind})"
-                lengths.setdefault(method, {}).setdefault(mode, {}).setdefault(key, []).append(
-                    len(row["response"])
-                )
+                for store, value in ((lengths, len(row["response"])), (tokens, row["response_tokens"])):
+                    store.setdefault(method, {}).setdefault(mode, {}).setdefault(key, []).append(value)
             samples.setdefault(method, {})[mode] = rows
+    table = accuracy_table(predictions, groups, train_users)
     if not args.extra:  # a smoke run with other settings does not replace the documented result
-        write_part1(runs, table, lengths, samples, groups, train_users, args)
+        write_part1(runs, table, lengths, tokens, samples, groups, train_users, args)
 
 
 def base_predictions(settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -370,7 +369,7 @@ def wall_times(runs: dict[str, Path]) -> str:
     return ", ".join(f"{m} {path.read_text().strip()}" for m, path in done.items() if path.exists())
 
 
-def write_part1(runs, table, lengths, samples, groups, seen, args) -> None:
+def write_part1(runs, table, lengths, tokens, samples, groups, seen, args) -> None:
     methods = list(runs)
     columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
     lines = [
@@ -381,8 +380,9 @@ def write_part1(runs, table, lengths, samples, groups, seen, args) -> None:
         "10 seen users, 7 prefer the longer response; 3 unseen users in test), 789 training triples, two",
         "epochs of batch 8 (198 steps) for every method, 2 CPU cores; IndividualPDPO with user-model lr",
         "5e-2 (chosen on the validation split), ClusterPDPO with its shipped settings (`K` 5, temperature",
-        "0.1, user-model lr 1e-2). Wall time per method (training, reference pass included): "
-        f"{wall_times(runs)}.",
+        "0.1, user-model lr 1e-2); an NLL term on the chosen response for every method (`nll_weight` 1.0,",
+        "as in RPO and the synthetic pipeline above: without it the minority's generations degenerate).",
+        f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
         "",
         "Held-out reward accuracy (share of test pairs whose chosen response gets the higher implicit",
         "reward; 95% bootstrap interval over the pairs). `/generic`: the same model asked as the",
@@ -396,22 +396,28 @@ def write_part1(runs, table, lengths, samples, groups, seen, args) -> None:
             f" ({groups[row['name']]})" if row["kind"] == "user" else ""
         )
         lines.append(f"| {label} | " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
-    lines += ["", "Mean length (characters) of the generated responses for held-out prompts"
-              f" ({args.prompts} prompts per user, {MAX_NEW_TOKENS} new tokens at most):", "",
+    lines += ["", "Mean length of the generated responses for held-out prompts, in characters and in tokens"
+              f" ({args.prompts} prompts per user, {MAX_NEW_TOKENS} new tokens at most; `ended`: share"
+              " that ended before the cap, a check on text that runs on without end):", "",
               "| method | decoding | majority (seen) | minority (seen) | ratio [95% interval] "
-              "| majority (unseen) | minority (unseen) |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| tokens, majority / minority (seen) | ended, majority / minority (seen) "
+              "| majority / minority (unseen) |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for method in methods:
         for mode in ("greedy", "sampled"):
-            by = {k: statistics.fmean(v) for k, v in lengths[method][mode].items()}
-            major, minor = by.get("majority (seen)", 0.0), by.get("minority (seen)", 0.0)
-            ratio = ratio_interval(
-                lengths[method][mode]["majority (seen)"], lengths[method][mode]["minority (seen)"]
-            )
+            chars, counts = lengths[method][mode], tokens[method][mode]
+            by = {k: statistics.fmean(v) for k, v in chars.items()}
+            ratio = ratio_interval(chars["majority (seen)"], chars["minority (seen)"])
+            mean_tokens = [statistics.fmean(counts[f"{g} (seen)"]) for g in ("majority", "minority")]
+            ended = [
+                statistics.fmean(c < MAX_NEW_TOKENS for c in counts[f"{g} (seen)"])
+                for g in ("majority", "minority")
+            ]
             lines.append(
-                f"| {method} | {mode} | {major:.0f} | {minor:.0f} | "
+                f"| {method} | {mode} | {by['majority (seen)']:.0f} | {by['minority (seen)']:.0f} | "
                 f"{ratio[0]:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}] | "
-                f"{by.get('majority (unseen)', 0.0):.0f} | {by.get('minority (unseen)', 0.0):.0f} |"
+                f"{mean_tokens[0]:.0f} / {mean_tokens[1]:.0f} | {ended[0]:.2f} / {ended[1]:.2f} | "
+                f"{by.get('majority (unseen)', 0.0):.0f} / {by.get('minority (unseen)', 0.0):.0f} |"
             )
     lines += [
         "",
