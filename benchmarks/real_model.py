@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cli_steps import ROOT, fit
 
 from plrlhf.cli import run as plrlhf
@@ -204,18 +205,15 @@ def _members(kind: str, name: str, groups: dict[str, str], seen: set[str]) -> se
     return {u for u in groups if groups[u] == group and (u in seen) == (state == "seen")}
 
 
-def generations(run: Path, data: Path, users: list[str], prompts: int, sample: bool) -> list[dict[str, Any]]:
+def generations(run: Path, users: list[str], prompts: list[str], sample: bool) -> list[dict[str, Any]]:
     """A response per (user, held-out prompt), greedy or sampled (seeded)."""
     name = "generate-sampled" if sample else "generate-greedy"
     path = run / "predict" / f"{name}.jsonl"
     if not path.is_file():
-        test_rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
-        chosen = list(dict.fromkeys(r["prompt"] for r in test_rows))[:prompts]
         requests = run / "predict" / f"{name}-prompts.jsonl"
-        requests.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(
             requests,
-            "".join(json.dumps({"user_id": u, "prompt": p}) + "\n" for u in users for p in chosen).encode(),
+            "".join(json.dumps({"user_id": u, "prompt": p}) + "\n" for u in users for p in prompts).encode(),
         )
         settings = {
             "max_new_tokens": MAX_NEW_TOKENS,
@@ -237,25 +235,33 @@ def part1(args: argparse.Namespace) -> None:
     train_users = {json.loads(line)["user_id"] for line in (data / "train.jsonl").read_text().splitlines()}
     groups = {r["user_id"]: r["group"] for r in test_rows}
     users = sorted(groups, key=lambda u: (u not in train_users, groups[u], u))
+    prompts = list(dict.fromkeys(r["prompt"] for r in test_rows))[: args.prompts]
     runs, predictions = {}, {}
-    lengths: dict[str, dict[str, dict[str, list[int]]]] = {}  # characters
-    tokens: dict[str, dict[str, dict[str, list[int]]]] = {}
-    samples: dict[str, dict[str, list[dict]]] = {}
+    samples: dict[str, dict[str, list[dict]]] = {}  # method -> decoding -> generated rows
     for method in args.methods:  # each method's test numbers and generations as soon as it is trained
         runs[method] = run = train(method, settings)
         predictions[method] = pair_predictions(run, data)
         for sample in (False, True):
-            rows = generations(run, data, users, args.prompts, sample)
-            mode = "sampled" if sample else "greedy"
-            for row in rows:
-                kind = "seen" if row["user_id"] in train_users else "unseen"
-                key = f"{groups[row['user_id']]} ({kind})"
-                for store, value in ((lengths, len(row["response"])), (tokens, row["response_tokens"])):
-                    store.setdefault(method, {}).setdefault(mode, {}).setdefault(key, []).append(value)
-            samples.setdefault(method, {})[mode] = rows
+            samples.setdefault(method, {})["sampled" if sample else "greedy"] = generations(
+                run, users, prompts, sample
+            )
     table = accuracy_table(predictions, groups, train_users)
     if not args.extra:  # a smoke run with other settings does not replace the documented result
-        write_part1(runs, table, lengths, tokens, samples, groups, train_users, args)
+        write_part1(runs, table, samples, groups, train_users, args)
+
+
+def by_group(rows: list[dict[str, Any]], groups: dict[str, str], seen: set[str]) -> dict[str, list[dict]]:
+    """Generated rows by ``"<group> (seen|unseen)"`` of their user."""
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        kind = "seen" if row["user_id"] in seen else "unseen"
+        grouped.setdefault(f"{groups[row['user_id']]} ({kind})", []).append(row)
+    return grouped
+
+
+def run_setting(run: Path, name: str) -> Any:
+    """A model argument as the run was trained with it (its saved ``config.yaml``)."""
+    return yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"][name]
 
 
 def base_predictions(settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -369,8 +375,9 @@ def wall_times(runs: dict[str, Path]) -> str:
     return ", ".join(f"{m} {path.read_text().strip()}" for m, path in done.items() if path.exists())
 
 
-def write_part1(runs, table, lengths, tokens, samples, groups, seen, args) -> None:
+def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
+    nll_weights = sorted({run_setting(run, "nll_weight") for run in runs.values()})
     columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
     lines = [
         *section_head(1, "A real pretrained model personalizes: the length task on real text (issue 12)"),
@@ -380,8 +387,9 @@ def write_part1(runs, table, lengths, tokens, samples, groups, seen, args) -> No
         "10 seen users, 7 prefer the longer response; 3 unseen users in test), 789 training triples, two",
         "epochs of batch 8 (198 steps) for every method, 2 CPU cores; IndividualPDPO with user-model lr",
         "5e-2 (chosen on the validation split), ClusterPDPO with its shipped settings (`K` 5, temperature",
-        "0.1, user-model lr 1e-2); an NLL term on the chosen response for every method (`nll_weight` 1.0,",
-        "as in RPO and the synthetic pipeline above: without it the minority's generations degenerate).",
+        "0.1, user-model lr 1e-2); an NLL term on the chosen response for every method (`nll_weight`",
+        f"{' / '.join(map(str, nll_weights))}, as in RPO and the synthetic pipeline above: without it the",
+        "minority's generations degenerate).",
         f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
         "",
         "Held-out reward accuracy (share of test pairs whose chosen response gets the higher implicit",
@@ -405,7 +413,9 @@ def write_part1(runs, table, lengths, tokens, samples, groups, seen, args) -> No
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for method in methods:
         for mode in ("greedy", "sampled"):
-            chars, counts = lengths[method][mode], tokens[method][mode]
+            grouped = by_group(samples[method][mode], groups, seen)
+            chars = {k: [len(r["response"]) for r in v] for k, v in grouped.items()}
+            counts = {k: [r["response_tokens"] for r in v] for k, v in grouped.items()}
             by = {k: statistics.fmean(v) for k, v in chars.items()}
             ratio = ratio_interval(chars["majority (seen)"], chars["minority (seen)"])
             mean_tokens = [statistics.fmean(counts[f"{g} (seen)"]) for g in ("majority", "minority")]
@@ -434,7 +444,7 @@ def write_part1(runs, table, lengths, tokens, samples, groups, seen, args) -> No
         lines += [f"- prompt (end): `...{short}`",
                   f"  - {major} (majority): {by_user.get((major, prompt), '')!r}",
                   f"  - {minor} (minority): {by_user.get((minor, prompt), '')!r}"]  # fmt: skip
-    pngs = plots(table, lengths, groups, methods)
+    pngs = plots(table, samples, groups, seen, methods)
     lines += ["", *[f"![{name}]({name})" for name in pngs], "", MARK.format(part=1, edge="end")]
     replace_section(1, "\n".join(lines))
 
@@ -472,7 +482,7 @@ def accuracy_bars(plt, labels: list[str], series: dict[str, list[Any]], name: st
     return name
 
 
-def plots(table, lengths, groups, methods) -> list[str]:
+def plots(table, samples, groups, seen, methods) -> list[str]:
     plt = pyplot()
     if plt is None:
         return []
@@ -483,7 +493,10 @@ def plots(table, lengths, groups, methods) -> list[str]:
     )
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.5), sharey=True)
     for ax, method in zip(axes if len(methods) > 1 else [axes], methods):
-        data = lengths[method]["greedy"]
+        data = {
+            k: [len(r["response"]) for r in v]
+            for k, v in by_group(samples[method]["greedy"], groups, seen).items()
+        }
         keys = sorted(data)
         ax.boxplot([data[k] for k in keys])
         ax.set_xticks(range(1, len(keys) + 1))
