@@ -9,12 +9,16 @@ Everything is prepared from a fresh clone (the GGUF conversion, `plrlhf data hh-
 mark is resumed with ``--ckpt_path last``; finished steps (training, predictions, generations)
 are skipped. Outputs go to
 ``runs/hh-length`` (part 1) or ``runs/hh-annotators`` (part 2); the tables (95% bootstrap
-intervals over test pairs) and PNGs are written into ``docs/results.md`` / ``docs/``.
+intervals over test pairs) and PNGs are written into ``docs/results.md`` / ``docs/``. Once all of
+a method's steps are done, its small outputs (config, test predictions, generations, metrics) are
+archived in ``benchmarks/results/<part's dir>/<method>`` (tracked): a fresh clone restores them and
+goes straight to the next method, and the tables can be rebuilt from them without the weights.
+Delete a method's archive and run dir to train it again.
 
 Part 1 (the paper's first experiment on real text): the prompts and the two real responses of
 relabeled HH-RLHF; 10 seen users (7 prefer the longer response, 3 the shorter) and 3 unseen
 users; DPO, IndividualPDPO and ClusterPDPO with the same budget (``configs/experiment/
-hh-length-smollm2.yaml``: 789 training triples, two epochs, batch 8). Held-out reward accuracy per
+hh-length-smollm2.yaml``: 789 training triples, one epoch, batch 8). Held-out reward accuracy per
 user and group, then greedy and sampled generations for held-out prompts per user, with their
 mean length per group.
 
@@ -76,6 +80,11 @@ PART2 = {
     },
 }
 ANNOTATORS = ("helpful", "harmless")
+# What a finished method leaves that the tables need (kilobytes; tracked in git): the tables can be
+# rebuilt and checked without retraining, and a part that takes longer than one sitting on a fresh
+# machine carries on after its last finished method instead of from the start.
+ARCHIVE = ROOT / "benchmarks/results"
+KEPT = ("config.yaml", "done", "metrics.csv", "predict/*.jsonl")
 MARK = "<!-- real-model part {part}: {edge} -->"
 
 
@@ -91,6 +100,35 @@ def prepare(part: int) -> None:
         plrlhf(["data", "hh-length", "--out", str(PART1["data"]), "--max_train", "800"])
     if part == 2 and not (PART2["data"] / "train.jsonl").is_file():
         plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"]), "--max_train", "1600"])
+
+
+def archive_of(settings: dict[str, Any], method: str) -> Path | None:
+    """Where ``method``'s outputs are archived; None for a run with other settings or elsewhere
+    (a smoke run must neither read nor replace the documented results)."""
+    if settings["extra"] or settings["out"] != settings["default_out"]:
+        return None
+    return ARCHIVE / settings["out"].name / method
+
+
+def restore(run: Path, archive: Path | None) -> None:
+    """An archived finished method copied back into ``run``, whose steps are then all skipped."""
+    if archive is None or not (archive / "kept").is_file() or (run / "kept").is_file():
+        return
+    for file in archive.rglob("*"):
+        if file.is_file():
+            atomic_write_bytes(run / file.relative_to(archive), file.read_bytes())
+    print(f"{run}: restored from {archive} (delete both to rerun)")
+
+
+def keep(run: Path, archive: Path | None) -> None:
+    """A method's outputs archived once all its steps are done (training, predictions, generations);
+    ``kept`` is written last, so a half-written archive is never restored."""
+    if archive is None:
+        return
+    for file in (f for pattern in KEPT for f in run.glob(pattern)):
+        atomic_write_bytes(archive / file.relative_to(run), file.read_bytes())
+    for where in (archive, run):
+        atomic_write_bytes(where / "kept", b"")
 
 
 def train(method: str, settings: dict[str, Any]) -> Path:
@@ -228,7 +266,12 @@ def generations(run: Path, users: list[str], prompts: list[str], sample: bool) -
 
 
 def part1(args: argparse.Namespace) -> None:
-    settings = {**PART1, "out": Path(args.out or PART1["out"]), "extra": args.extra}
+    settings = {
+        **PART1,
+        "default_out": PART1["out"],
+        "out": Path(args.out or PART1["out"]),
+        "extra": args.extra,
+    }
     prepare(1)
     data = settings["data"]
     test_rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
@@ -239,12 +282,14 @@ def part1(args: argparse.Namespace) -> None:
     runs, predictions = {}, {}
     samples: dict[str, dict[str, list[dict]]] = {}  # method -> decoding -> generated rows
     for method in args.methods:  # each method's test numbers and generations as soon as it is trained
+        restore(settings["out"] / method, archive := archive_of(settings, method))
         runs[method] = run = train(method, settings)
         predictions[method] = pair_predictions(run, data)
         for sample in (False, True):
             samples.setdefault(method, {})["sampled" if sample else "greedy"] = generations(
                 run, users, prompts, sample
             )
+        keep(run, archive)
     table = accuracy_table(predictions, groups, train_users)
     if not args.extra:  # a smoke run with other settings does not replace the documented result
         write_part1(runs, table, samples, groups, train_users, args)
@@ -259,9 +304,11 @@ def by_group(rows: list[dict[str, Any]], groups: dict[str, str], seen: set[str])
     return grouped
 
 
-def run_setting(run: Path, name: str) -> Any:
-    """A model argument as the run was trained with it (its saved ``config.yaml``)."""
-    return yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"][name]
+def run_setting(run: Path, name: str, section: str = "model") -> Any:
+    """An argument of ``section`` (``model``, ``trainer``, ``data``) as the run was trained with it
+    (its saved ``config.yaml``)."""
+    config = yaml.safe_load((run / "config.yaml").read_text())[section]
+    return config.get("init_args", config)[name]
 
 
 def base_predictions(settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,17 +331,26 @@ def paired_difference(
 
 
 def part2(args: argparse.Namespace) -> None:
-    settings = {**PART2, "out": Path(args.out or PART2["out"]), "extra": args.extra}
+    settings = {
+        **PART2,
+        "default_out": PART2["out"],
+        "out": Path(args.out or PART2["out"]),
+        "extra": args.extra,
+    }
     prepare(2)
-    runs = {method: train(method, settings) for method in args.methods}
     data = settings["data"]
     hits: dict[str, list[float]] = {}
-    users: list[str] = []
+    restore(settings["out"] / "base", archive := archive_of(settings, "base"))
     base = base_predictions(settings)
+    keep(settings["out"] / "base", archive)
     hits["base"] = [float(p["logps/chosen"] > p["logps/rejected"]) for p in base]
     users = [p["user_id"] for p in base]
-    for method, run in runs.items():
+    runs = {}
+    for method in args.methods:  # trained and scored one at a time, each archived when done
+        restore(settings["out"] / method, archive := archive_of(settings, method))
+        runs[method] = run = train(method, settings)
         preds = pair_predictions(run, data)
+        keep(run, archive)
         if [p["user_id"] for p in preds] != users:
             raise RuntimeError(f"{method}'s test predictions are not in the test file's order")
         hits[method] = [float(p["rewards/margins"] > 0) for p in preds]
@@ -378,14 +434,18 @@ def wall_times(runs: dict[str, Path]) -> str:
 def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
     nll_weights = sorted({run_setting(run, "nll_weight") for run in runs.values()})
+    (epochs,) = {run_setting(run, "max_epochs", "trainer") for run in runs.values()}
+    (batch,) = {run_setting(run, "batch_size", "data") for run in runs.values()}
+    triples = sum(1 for _ in (PART1["data"] / "train.jsonl").open())
     columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
     lines = [
         *section_head(1, "A real pretrained model personalizes: the length task on real text (issue 12)"),
         "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, beta 0.1, shared-prompt rows,",
         "reference precomputed), relabeled HH-RLHF prompts and responses with synthetic length users",
         "(`plrlhf data hh-length --max_train 800`: pairs whose lengths differ by less than 1.5x dropped;",
-        "10 seen users, 7 prefer the longer response; 3 unseen users in test), 789 training triples, two",
-        "epochs of batch 8 (198 steps) for every method, 2 CPU cores; IndividualPDPO with user-model lr",
+        f"10 seen users, 7 prefer the longer response; 3 unseen users in test), {triples} training triples,",
+        f"{epochs} epoch(s) of batch {batch} ({epochs * -(-triples // batch)} steps) for every method, 2 CPU",
+        "cores; IndividualPDPO with user-model lr",
         "5e-2 (chosen on the validation split), ClusterPDPO with its shipped settings (`K` 5, temperature",
         "0.1, user-model lr 1e-2); an NLL term on the chosen response for every method (`nll_weight`",
         f"{' / '.join(map(str, nll_weights))}, as in RPO and the synthetic pipeline above: without it the",

@@ -26,3 +26,39 @@ def test_accuracy_and_paired_difference_intervals(real_model):
     assert real_model.bootstrap([0.0, 1.0]) == (0.5, 0.0, 1.0)
     # the same pairs: a difference of 1 on every pair is certain
     assert real_model.paired_difference([1.0, 1.0, 0.0], [0.0, 0.0, -1.0]) == (1.0, 1.0, 1.0)
+
+
+def test_a_finished_method_is_archived_and_restored_on_a_fresh_machine(real_model, tmp_path):
+    settings = {"extra": [], "out": real_model.PART1["out"], "default_out": real_model.PART1["out"]}
+    archive = real_model.archive_of(settings, "dpo")
+    assert archive == ROOT / "benchmarks/results/hh-length/dpo"
+    # smoke runs (other settings, or somewhere else) neither read nor replace the documented results
+    assert real_model.archive_of({**settings, "extra": ["--trainer.max_steps", "2"]}, "dpo") is None
+    assert real_model.archive_of({**settings, "out": tmp_path}, "dpo") is None
+
+    run, archive, fresh = tmp_path / "run", tmp_path / "archive", tmp_path / "fresh"
+    for name, text in {
+        "config.yaml": "model: {}\n",
+        "done": "12 s\n",
+        "predict/test-pairs.jsonl": '{"user_id": "u"}\n',
+        "checkpoints/last.ckpt": "weights",  # too large for git: stays behind
+    }.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    real_model.restore(fresh, archive)  # nothing archived yet
+    assert not fresh.exists()
+    real_model.keep(run, archive)
+    assert sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file()) == [
+        "config.yaml",
+        "done",
+        "kept",
+        "predict/test-pairs.jsonl",
+    ]
+    real_model.restore(fresh, archive)
+    assert (fresh / "predict/test-pairs.jsonl").read_text() == '{"user_id": "u"}\n'
+    assert (fresh / "done").read_text() == "12 s\n" and not (fresh / "checkpoints").exists()
+
+    # an archive cut short before its `kept` mark is not restored: its steps would need the weights
+    (archive / "kept").unlink()
+    real_model.restore(tmp_path / "other", archive)
+    assert not (tmp_path / "other").exists()
