@@ -284,15 +284,26 @@ class ClusterUserModel(UserModel):
             # Off once users are adapted or appended (they must not move the generic user); in
             # the state dict, so that it stays off after a checkpoint is reloaded.
             self.register_buffer("follows_population", torch.tensor(True))
+            # The flag's host-side copy: a forward reads it without a device sync. The population
+            # itself is recomputed on every forward while it follows (users x K floats, small
+            # beside the LM's forward): parameters swapped by FSDP leave no cheap sign of change.
+            self._follows = True
+            self.register_load_state_dict_post_hook(_reread_population_flag)
             self._follow_population()
         else:
             self.population = None
 
     def _follow_population(self) -> None:
+        assert self.population is not None
         with torch.no_grad():
-            assert self.population is not None
             everyone = self.user_logits.weight[1:].float() / self.temperature.float()
             self.population.copy_(torch.softmax(everyone, dim=-1).mean(0))
+
+    def _stop_following(self) -> None:
+        """The generic user stays the population it is now (users adapted or added later)."""
+        if self.population is not None:
+            self.follows_population.fill_(False)
+            self._follows = False
 
     def initialize(self, token_embeddings: Tensor) -> None:
         with torch.no_grad():
@@ -309,7 +320,7 @@ class ClusterUserModel(UserModel):
         weights = torch.softmax(self.user_logits(user_ids).float() / self.temperature.float(), dim=-1)
         if self.population is None:
             return weights
-        if bool(self.follows_population):
+        if self._follows:
             self._follow_population()
         return torch.where((user_ids == 0)[:, None], self.population.float()[None], weights)
 
@@ -325,14 +336,12 @@ class ClusterUserModel(UserModel):
     def for_new_users(self, count: int, start: list[int] | None = None) -> UserModel:
         new = super().for_new_users(count, start)
         assert isinstance(new, ClusterUserModel)
-        if new.population is not None:  # the generic user stays the trained population's
-            new.follows_population.fill_(False)
+        new._stop_following()  # the generic user stays the trained population's
         return new
 
     def append_users(self, new: UserModel) -> None:
         super().append_users(new)
-        if self.population is not None:  # adapted users do not move the generic user
-            self.follows_population.fill_(False)
+        self._stop_following()  # adapted users do not move the generic user
 
     def fill_legacy_state(self, state_dict: dict[str, Any], prefix: str) -> None:
         # Saved by plrlhf <= 0.3.0, which had no temperature: its mixtures were softmax(w).
@@ -344,6 +353,11 @@ class ClusterUserModel(UserModel):
         if self.generic_tokens is None:
             return tokens
         return torch.where((user_ids == 0)[:, None, None], self.generic_tokens.to(tokens.dtype), tokens)
+
+
+def _reread_population_flag(model: ClusterUserModel, incompatible_keys: Any) -> None:
+    """After ``load_state_dict``: the checkpoint's flag (read once here, not on every forward)."""
+    model._follows = bool(model.follows_population)
 
 
 class LowRankUserModel(UserModel):
