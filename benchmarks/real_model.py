@@ -439,17 +439,16 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     triples = sum(1 for _ in (PART1["data"] / "train.jsonl").open())
     columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
     lines = [
-        *section_head(1, "A real pretrained model personalizes: the length task on real text (issue 12)"),
+        *section_head(1, "The length task on real text: SmolLM2-135M-Instruct per user (issue 12, part 1)"),
         "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, beta 0.1, shared-prompt rows,",
         "reference precomputed), relabeled HH-RLHF prompts and responses with synthetic length users",
         "(`plrlhf data hh-length --max_train 800`: pairs whose lengths differ by less than 1.5x dropped;",
-        f"10 seen users, 7 prefer the longer response; 3 unseen users in test), {triples} training triples,",
-        f"{epochs} epoch(s) of batch {batch} ({epochs * -(-triples // batch)} steps) for every method, 2 CPU",
-        "cores; IndividualPDPO with user-model lr",
-        "5e-2 (chosen on the validation split), ClusterPDPO with its shipped settings (`K` 5, temperature",
-        "0.1, user-model lr 1e-2); an NLL term on the chosen response for every method (`nll_weight`",
-        f"{' / '.join(map(str, nll_weights))}, as in RPO and the synthetic pipeline above: without it the",
-        "minority's generations degenerate).",
+        f"10 seen users, 7 prefer the longer response; 3 unseen users in test), {triples} training",
+        f"triples, {epochs} epoch(s) of batch {batch} for every method, 2 CPU cores; IndividualPDPO with",
+        "user-model lr 5e-2 (chosen on the validation split), ClusterPDPO with its shipped settings (`K`",
+        "5, temperature 0.1, user-model lr 1e-2); an NLL term on the chosen response for every method",
+        f"(`nll_weight` {' / '.join(map(str, nll_weights))}, chosen on the validation split, as in RPO and",
+        "the synthetic pipeline above: without it the minority's generations degenerate).",
         f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
         "",
         "Held-out reward accuracy (share of test pairs whose chosen response gets the higher implicit",
@@ -585,7 +584,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--part", type=int, choices=(1, 2), default=1)
     parser.add_argument("--methods", nargs="+", help="default: every method of the part")
-    parser.add_argument("--prompts", type=int, default=12, help="held-out prompts generated for, per user")
+    parser.add_argument("--prompts", type=int, default=8, help="held-out prompts generated for, per user")
     parser.add_argument("--out", help="where the runs go (default: runs/hh-length, runs/hh-annotators)")
     parser.add_argument(
         "extra", nargs="*", help="further plrlhf fit arguments (after --), e.g. for a smoke run"
