@@ -63,6 +63,26 @@ def test_precomputed_values_equal_the_reference_forward(tmp_path):
         assert_close(rejected, expected_rejected, atol=1e-4, rtol=1e-5)
 
 
+def test_the_reference_pass_scores_every_triple_once_shortest_first(tmp_path, monkeypatch):
+    import plrlhf.methods.reference as reference
+
+    seen = []
+    original = reference.compute_reference_table
+
+    def recorded(batches, *args, **kwargs):
+        seen.extend(batch["index"].tolist() for batch in batches)
+        return original(batches, *args, **kwargs)
+
+    monkeypatch.setattr(reference, "compute_reference_table", recorded)
+    dm, module = setup(tmp_path, method=DPO)
+    quiet_trainer(tmp_path, max_steps=1).fit(module, datamodule=dm)
+    lengths = dm.datasets["train"].lengths()
+    widths = [int(lengths[i, 0] + lengths[i, 1:].max()) for batch in seen for i in batch]
+    assert sorted(i for batch in seen for i in batch) == list(range(40))
+    assert [len(batch) for batch in seen] == [8] * 5
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
 def test_cache_key_follows_data_and_weights(tmp_path):
     dm, module = setup(tmp_path)
     dm_other = PreferenceDataModule(
