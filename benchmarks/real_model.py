@@ -24,7 +24,7 @@ mean length per group.
 
 Part 2 (real annotators who disagree): relabeled HH-RLHF with its `helpful` and `harmless`
 annotator types as two users; a plain and a personalized reward model, DPO and IndividualPDPO,
-each on the same 1,600 training triples (``configs/experiment/hh-annotators-smollm2.yaml``), and
+each on the same 1,591 training triples (1,600 built) (``configs/experiment/hh-annotators-smollm2.yaml``), and
 the base model's own preference; accuracy per annotator type on all held-out test triples, and
 personalized minus plain with paired bootstrap intervals.
 """
@@ -38,6 +38,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,7 @@ ANNOTATORS = ("helpful", "harmless")
 # rebuilt and checked without retraining, and a part that takes longer than one sitting on a fresh
 # machine carries on after its last finished method instead of from the start.
 ARCHIVE = ROOT / "benchmarks/results"
-KEPT = ("config.yaml", "done", "metrics.csv", "predict/*.jsonl")
+KEPT = ("config.yaml", "data.json", "done", "metrics.csv", "predict/*.jsonl")
 MARK = "<!-- real-model part {part}: {edge} -->"
 
 
@@ -102,12 +104,24 @@ def prepare(part: int) -> None:
         plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"]), "--max_train", "1600"])
 
 
-def archive_of(settings: dict[str, Any], method: str) -> Path | None:
-    """Where ``method``'s outputs are archived; None for a run with other settings or elsewhere
-    (a smoke run must neither read nor replace the documented results)."""
-    if settings["extra"] or settings["out"] != settings["default_out"]:
-        return None
-    return ARCHIVE / settings["out"].name / method
+def settings_of(part: dict[str, Any], out: str | None, extra: list[str]) -> dict[str, Any]:
+    """A part's settings for this invocation: where its runs go, the further ``plrlhf fit``
+    arguments, and where finished methods are archived: nowhere for a run with other settings or
+    elsewhere (a smoke run must neither read nor replace the documented results)."""
+    where = Path(out or part["out"])
+    archive = ARCHIVE / where.name if not extra and where == part["out"] else None
+    return {**part, "out": where, "extra": extra, "archive": archive}
+
+
+@contextmanager
+def archived(settings: dict[str, Any], name: str) -> Iterator[Path]:
+    """``name``'s run dir, restored from the archive before the steps of the ``with`` block (which
+    then skip what is done) and archived after them, unless they raised."""
+    run = settings["out"] / name
+    archive = settings["archive"] / name if settings["archive"] else None
+    restore(run, archive)
+    yield run
+    keep(run, archive)
 
 
 def restore(run: Path, archive: Path | None) -> None:
@@ -266,12 +280,7 @@ def generations(run: Path, users: list[str], prompts: list[str], sample: bool) -
 
 
 def part1(args: argparse.Namespace) -> None:
-    settings = {
-        **PART1,
-        "default_out": PART1["out"],
-        "out": Path(args.out or PART1["out"]),
-        "extra": args.extra,
-    }
+    settings = settings_of(PART1, args.out, args.extra)
     prepare(1)
     data = settings["data"]
     test_rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
@@ -282,14 +291,13 @@ def part1(args: argparse.Namespace) -> None:
     runs, predictions = {}, {}
     samples: dict[str, dict[str, list[dict]]] = {}  # method -> decoding -> generated rows
     for method in args.methods:  # each method's test numbers and generations as soon as it is trained
-        restore(settings["out"] / method, archive := archive_of(settings, method))
-        runs[method] = run = train(method, settings)
-        predictions[method] = pair_predictions(run, data)
-        for sample in (False, True):
-            samples.setdefault(method, {})["sampled" if sample else "greedy"] = generations(
-                run, users, prompts, sample
-            )
-        keep(run, archive)
+        with archived(settings, method) as run:
+            runs[method] = train(method, settings)
+            predictions[method] = pair_predictions(run, data)
+            samples[method] = {
+                "sampled" if sample else "greedy": generations(run, users, prompts, sample)
+                for sample in (False, True)
+            }
     table = accuracy_table(predictions, groups, train_users)
     if not args.extra:  # a smoke run with other settings does not replace the documented result
         write_part1(runs, table, samples, groups, train_users, args)
@@ -331,26 +339,19 @@ def paired_difference(
 
 
 def part2(args: argparse.Namespace) -> None:
-    settings = {
-        **PART2,
-        "default_out": PART2["out"],
-        "out": Path(args.out or PART2["out"]),
-        "extra": args.extra,
-    }
+    settings = settings_of(PART2, args.out, args.extra)
     prepare(2)
     data = settings["data"]
     hits: dict[str, list[float]] = {}
-    restore(settings["out"] / "base", archive := archive_of(settings, "base"))
-    base = base_predictions(settings)
-    keep(settings["out"] / "base", archive)
+    with archived(settings, "base"):
+        base = base_predictions(settings)
     hits["base"] = [float(p["logps/chosen"] > p["logps/rejected"]) for p in base]
     users = [p["user_id"] for p in base]
     runs = {}
     for method in args.methods:  # trained and scored one at a time, each archived when done
-        restore(settings["out"] / method, archive := archive_of(settings, method))
-        runs[method] = run = train(method, settings)
-        preds = pair_predictions(run, data)
-        keep(run, archive)
+        with archived(settings, method) as run:
+            runs[method] = train(method, settings)
+            preds = pair_predictions(run, data)
         if [p["user_id"] for p in preds] != users:
             raise RuntimeError(f"{method}'s test predictions are not in the test file's order")
         hits[method] = [float(p["rewards/margins"] > 0) for p in preds]
@@ -367,8 +368,9 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
         *section_head(2, "Real annotators who disagree: helpful vs harmless (issue 12 part 2, issue 16)"),
         "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on",
         "relabeled HH-RLHF (`plrlhf data hh-relabeled --max_train 1600`: split by prompt, seed 123), the",
-        "`helpful` and `harmless` annotator types as two users; every method trains on the same 1,600",
-        "triples (one pass, 200 steps of 8; `configs/experiment/hh-annotators-smollm2.yaml`) and is",
+        "`helpful` and `harmless` annotator types as two users; every method trains on the same",
+        f"{training_triples(runs, PART2['data'])} triples (one pass in batches of 8;",
+        "`configs/experiment/hh-annotators-smollm2.yaml`) and is",
         f"tested on all {len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference",
         "precomputed; reward models: Bradley-Terry (beta 1) on a scalar head; the personalized ones",
         "(IndividualUserModel, 10 tokens, alpha 0.5, user-model lr 5e-2: part 1's choice on its",
@@ -431,12 +433,23 @@ def wall_times(runs: dict[str, Path]) -> str:
     return ", ".join(f"{m} {path.read_text().strip()}" for m, path in done.items() if path.exists())
 
 
+def training_triples(runs: dict[str, Path], data: Path) -> str:
+    """How many training triples the runs kept (``data.json``, written by the data module), or how
+    many the file has, for runs archived before it was written."""
+    reports = [run / "data.json" for run in runs.values() if (run / "data.json").is_file()]
+    kept = {json.loads(report.read_text())["train"]["kept"] for report in reports}
+    if len(kept) == 1:
+        return f"{kept.pop():,}"
+    with (data / "train.jsonl").open() as lines:
+        return f"{sum(1 for _ in lines):,} (file lines; drops not recorded)"
+
+
 def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
     nll_weights = sorted({run_setting(run, "nll_weight") for run in runs.values()})
     (epochs,) = {run_setting(run, "max_epochs", "trainer") for run in runs.values()}
     (batch,) = {run_setting(run, "batch_size", "data") for run in runs.values()}
-    triples = sum(1 for _ in (PART1["data"] / "train.jsonl").open())
+    triples = training_triples(runs, PART1["data"])
     columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
     lines = [
         *section_head(1, "The length task on real text: SmolLM2-135M-Instruct per user (issue 12, part 1)"),

@@ -208,9 +208,8 @@ def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     users = ("user_0", "user_1", "user_4")
-    train = write_jsonl(
-        data / "train.jsonl", [r for r in synthetic_rows("train") if r["user_id"] in users][:48]
-    )
+    rows = [r for r in synthetic_rows("train") if r["user_id"] in users][:48]
+    train = write_jsonl(data / "train.jsonl", [*rows, {**rows[0], "chosen": ""}])
     test = write_jsonl(
         data / "test.jsonl", [r for r in synthetic_rows("test") if r["user_id"] in users + ("new_0",)][:40]
     )
@@ -240,6 +239,13 @@ def test_fit_then_test_from_the_saved_config(tmp_path, capsys):
     run(fit_args)
     log_dir = tmp_path / "run" / "version_0"
     assert sorted(json.loads((log_dir / "users.json").read_text())["users"]) == sorted(users)
+    (kept,) = json.loads((log_dir / "data.json").read_text()).items()  # no validation split
+    assert kept[0] == "train"
+    assert {k: kept[1][k] for k in ("read", "kept", "dropped")} == {
+        "read": 49,
+        "kept": 48,
+        "dropped": {"empty response": 1},
+    }
     (checkpoint,) = (log_dir / "checkpoints").glob("*.ckpt")
     capsys.readouterr()
     run(["test", "--config", str(log_dir / "config.yaml"), "--ckpt_path", str(checkpoint)])

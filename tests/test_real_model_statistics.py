@@ -29,12 +29,14 @@ def test_accuracy_and_paired_difference_intervals(real_model):
 
 
 def test_a_finished_method_is_archived_and_restored_on_a_fresh_machine(real_model, tmp_path):
-    settings = {"extra": [], "out": real_model.PART1["out"], "default_out": real_model.PART1["out"]}
-    archive = real_model.archive_of(settings, "dpo")
-    assert archive == ROOT / "benchmarks/results/hh-length/dpo"
+    part = real_model.PART1
+    assert real_model.settings_of(part, None, [])["archive"] == ROOT / "benchmarks/results/hh-length"
+    assert (
+        real_model.settings_of(part, "runs/hh-length", [])["archive"] == ROOT / "benchmarks/results/hh-length"
+    )
     # smoke runs (other settings, or somewhere else) neither read nor replace the documented results
-    assert real_model.archive_of({**settings, "extra": ["--trainer.max_steps", "2"]}, "dpo") is None
-    assert real_model.archive_of({**settings, "out": tmp_path}, "dpo") is None
+    assert real_model.settings_of(part, None, ["--trainer.max_steps", "2"])["archive"] is None
+    assert real_model.settings_of(part, str(tmp_path), [])["archive"] is None
 
     run, archive, fresh = tmp_path / "run", tmp_path / "archive", tmp_path / "fresh"
     for name, text in {
@@ -62,3 +64,16 @@ def test_a_finished_method_is_archived_and_restored_on_a_fresh_machine(real_mode
     (archive / "kept").unlink()
     real_model.restore(tmp_path / "other", archive)
     assert not (tmp_path / "other").exists()
+
+    # the steps of an `archived` block: archived only if they finish
+    settings = {"out": tmp_path / "runs", "archive": tmp_path / "results"}
+    with pytest.raises(KeyboardInterrupt), real_model.archived(settings, "dpo") as run:
+        (run / "done").parent.mkdir(parents=True)
+        (run / "done").write_text("1 s\n")
+        raise KeyboardInterrupt
+    assert not (tmp_path / "results").exists()
+    with real_model.archived(settings, "dpo") as run:
+        assert run == tmp_path / "runs/dpo"
+    assert (tmp_path / "results/dpo/done").read_text() == "1 s\n" and (
+        tmp_path / "results/dpo/kept"
+    ).is_file()

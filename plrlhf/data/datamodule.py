@@ -7,6 +7,7 @@ import os
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from plrlhf.data.registry import GENERIC_NAME, UserRegistry
 from plrlhf.data.sampler import ResumableDataLoader, TrainingSampler, global_batches
 from plrlhf.data.sources import DataError, read_records
 from plrlhf.data.tables import HubDataset
+from plrlhf.io import atomic_write_json
 from plrlhf.tokenizer import load_tokenizer
 
 # A dict, not HubDataset, in the signature: jsonargparse reads a string given for a dataclass-typed
@@ -46,6 +48,7 @@ _STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
     "predict": ("predict",),
 }
 REGISTRY_FILE = "users.json"
+DATA_FILE = "data.json"
 
 
 def _as_list(paths: Paths) -> list[Any]:
@@ -379,6 +382,11 @@ class PreferenceDataModule(LightningDataModule):
         if stage == "fit" and log_dir is not None and trainer.is_global_zero:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.registry.save(Path(log_dir) / REGISTRY_FILE)
+            # What each split kept and dropped, beside the run's config: the printed summary is
+            # gone with the terminal, and a report of the run must say what it trained on.
+            atomic_write_json(
+                Path(log_dir) / DATA_FILE, {split: asdict(stats) for split, stats in self.stats.items()}
+            )
 
     def _is_prompt_file(self, path: Any) -> bool:
         """Predict files hold triples to score, or prompts (no responses) to generate for."""
