@@ -14,12 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 PAD_SEGMENT = -1
 # [prompt, chosen, rejected]: both responses continue the prompt.
 SHARED_PROMPT_PARENTS = (-1, 0, 0)
+
+
+def row_widths(lengths: np.ndarray, shared_prompt: bool) -> np.ndarray:
+    """Row width each triple needs in a batch, from its ``(N, 3)`` prompt, chosen and rejected
+    lengths: ``[prompt, chosen, rejected]`` in the shared-prompt layout, else its longer
+    ``[prompt; response]`` row."""
+    if shared_prompt:
+        return lengths.sum(axis=1)
+    return lengths[:, 0] + lengths[:, 1:].max(axis=1)
 
 
 @dataclass

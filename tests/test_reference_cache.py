@@ -63,7 +63,8 @@ def test_precomputed_values_equal_the_reference_forward(tmp_path):
         assert_close(rejected, expected_rejected, atol=1e-4, rtol=1e-5)
 
 
-def test_the_reference_pass_scores_every_triple_once_shortest_first(tmp_path, monkeypatch):
+@pytest.mark.parametrize("shared_prompt", [True, False])
+def test_the_reference_pass_scores_every_triple_once_shortest_first(tmp_path, monkeypatch, shared_prompt):
     import plrlhf.methods.reference as reference
 
     seen = []
@@ -74,10 +75,13 @@ def test_the_reference_pass_scores_every_triple_once_shortest_first(tmp_path, mo
         return original(batches, *args, **kwargs)
 
     monkeypatch.setattr(reference, "compute_reference_table", recorded)
-    dm, module = setup(tmp_path, method=DPO)
+    dm, module = setup(tmp_path, method=DPO, shared_prompt=shared_prompt)
     quiet_trainer(tmp_path, max_steps=1).fit(module, datamodule=dm)
     lengths = dm.datasets["train"].lengths()
-    widths = [int(lengths[i, 0] + lengths[i, 1:].max()) for batch in seen for i in batch]
+    # the row of a triple in the reference's layout: [prompt, chosen, rejected] or its longer
+    # [prompt; response]
+    width = (lambda p, c, r: p + c + r) if module.shared_prompt else (lambda p, c, r: p + max(c, r))
+    widths = [int(width(*lengths[i])) for batch in seen for i in batch]
     assert sorted(i for batch in seen for i in batch) == list(range(40))
     assert [len(batch) for batch in seen] == [8] * 5
     assert widths == sorted(widths) and widths[0] < widths[-1]

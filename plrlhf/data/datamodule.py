@@ -34,6 +34,7 @@ from plrlhf.data.sampler import ResumableDataLoader, TrainingSampler, global_bat
 from plrlhf.data.sources import DataError, read_records
 from plrlhf.data.tables import HubDataset
 from plrlhf.io import atomic_write_json
+from plrlhf.packing import row_widths
 from plrlhf.tokenizer import load_tokenizer
 
 # A dict, not HubDataset, in the signature: jsonargparse reads a string given for a dataclass-typed
@@ -506,7 +507,7 @@ class PreferenceDataModule(LightningDataModule):
         if isinstance(data, list):  # prompts to generate for
             widths = np.array([len(p.prompt_ids) for p in data])
         else:
-            widths = _row_widths(_lengths(data), self.length_layout == "shared_prompt")
+            widths = row_widths(_lengths(data), self.length_layout == "shared_prompt")
         return np.argsort(widths, kind="stable").tolist()
 
     def _collator(self, split: Split) -> PreferenceCollator | PromptCollator:
@@ -525,7 +526,7 @@ class PreferenceDataModule(LightningDataModule):
         # The data-parallel ranks (under tensor parallelism fewer than the processes).
         ranks = getattr(strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
         lengths = _lengths(triples)
-        widths = _row_widths(lengths, shared).tolist() if self.group_by_length else None
+        widths = row_widths(lengths, shared).tolist() if self.group_by_length else None
         sampler = TrainingSampler(len(triples), self.batch_size, seed, self.shuffle, widths, **ranks)
         layout = f"{self.length_layout} rows"
         shuffled = padding_share(lengths, global_batches(len(triples), self.batch_size, seed, 0), shared)
@@ -620,14 +621,6 @@ def _lengths(triples: Any) -> np.ndarray:
     )
 
 
-def _row_widths(lengths: np.ndarray, shared_prompt: bool) -> np.ndarray:
-    """Row width each triple needs in a batch: ``[prompt, chosen, rejected]`` in the shared-prompt
-    layout, else its longer ``[prompt; response]`` row."""
-    if shared_prompt:
-        return lengths.sum(axis=1)
-    return lengths[:, 0] + lengths[:, 1:].max(axis=1)
-
-
 def padding_share(triples: Any, batches: list[list[int]], shared_prompt: bool = False) -> float:
     """Share of padding among the tokens of right-padded ``batches`` of ``triples`` (an
     :class:`EncodedSplit`, a list of triples or their ``(N, 3)`` lengths): two rows per triple, or
@@ -640,7 +633,7 @@ def padding_share(triples: Any, batches: list[list[int]], shared_prompt: bool = 
     order = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
     sizes = np.array([len(b) for b in batches])
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    widths = _row_widths(lengths, shared_prompt)[order]
+    widths = row_widths(lengths, shared_prompt)[order]
     real = int((rows * lengths[order, 0] + lengths[order, 1] + lengths[order, 2]).sum())
     padded = int((rows * sizes * np.maximum.reduceat(widths, starts)).sum())
     return 1 - real / padded if padded else 0.0
