@@ -226,8 +226,9 @@ def limit_records_for_fast_dev_run(config: Any) -> None:
     limits = {}
     for split, option in (("validation", "val"), ("test", "test"), ("predict", "predict")):
         batches = config.trainer.get(f"limit_{option}_batches")
-        if isinstance(batches, int) and not isinstance(batches, bool):
-            limits[split] = max(1, batches * (data.eval_batch_size or data.batch_size) * processes)
+        # Zero batches: the data module does not read the split at all.
+        if isinstance(batches, int) and not isinstance(batches, bool) and batches > 0:
+            limits[split] = batches * (data.eval_batch_size or data.batch_size) * processes
     data.max_records = limits or None
 
 

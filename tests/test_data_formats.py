@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -303,6 +304,11 @@ def test_max_records_per_split_and_the_cli_limits(tmp_path):
     )
     dm.setup("fit")
     assert (dm.stats["train"].read, dm.stats["validation"].read) == (60, 7)
+    # A trainer that evaluates no validation batch: the split is not read, nor counted as read.
+    dm = PreferenceDataModule(TOKENIZER, train=path, validation=path, cache_dir=str(tmp_path / "c"))
+    dm.trainer = SimpleNamespace(limit_val_batches=0, loggers=[])
+    dm.setup("fit")
+    assert "validation" not in dm.datasets and list(dm.stats) == ["train"]
 
     def limited(**trainer):
         data = Namespace(max_records=None, batch_size=4, eval_batch_size=5)
@@ -313,6 +319,7 @@ def test_max_records_per_split_and_the_cli_limits(tmp_path):
     assert limited(fast_dev_run=3) == 3 * 5 * 2
     assert limited(limit_val_batches=2, limit_test_batches=1.0, limit_train_batches=4) == {"validation": 20}
     assert limited(limit_val_batches=1.0) is None
+    assert limited(limit_val_batches=0, limit_test_batches=1) == {"test": 10}
 
 
 def test_processes_that_start_together_encode_a_source_once(tmp_path):

@@ -376,7 +376,7 @@ class PreferenceDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         trainer = self.trainer
         for split in _STAGE_SPLITS[stage]:
-            if self.paths[split] and split not in self.datasets:
+            if self.paths[split] and split not in self.datasets and not self._evaluates_none(split):
                 self.datasets[split] = self._load_split(split)
         # Without a logger there is no run directory; checkpoints still carry the registry.
         log_dir = trainer.log_dir if trainer is not None and trainer.loggers else None
@@ -388,6 +388,13 @@ class PreferenceDataModule(LightningDataModule):
             atomic_write_json(
                 Path(log_dir) / DATA_FILE, {split: asdict(stats) for split, stats in self.stats.items()}
             )
+
+    def _evaluates_none(self, split: Split) -> bool:
+        """The trainer evaluates no batch of ``split`` (``limit_val_batches: 0``): reading it would
+        cost a pass over its file for nothing, and the run's record would count records it never
+        used."""
+        limit = getattr(self.trainer, _LIMITS[split], None) if split in _LIMITS else None
+        return limit is not None and limit == 0
 
     def _is_prompt_file(self, path: Any) -> bool:
         """Predict files hold triples to score, or prompts (no responses) to generate for."""
