@@ -13,6 +13,7 @@ intervals over test pairs) and PNGs are written into ``docs/results.md`` / ``doc
 a method's steps are done, its small outputs (config, test predictions, generations, metrics) are
 archived in ``benchmarks/results/<part's dir>/<method>`` (tracked): a fresh clone restores them and
 goes straight to the next method, and the tables can be rebuilt from them without the weights.
+``--methods`` trains the methods named; the tables keep every archived method of the part.
 Delete a method's archive and run dir to train it again.
 
 Part 1 (the paper's first experiment on real text): the prompts and the two real responses of
@@ -37,6 +38,7 @@ import json
 import random
 import statistics
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -115,6 +117,13 @@ def settings_of(part: dict[str, Any], out: str | None, extra: list[str]) -> dict
     where = Path(out or part["out"])
     archive = ARCHIVE / where.name if not extra and where == part["out"] else None
     return {**part, "out": where, "extra": extra, "archive": archive}
+
+
+def with_archived(methods: list[str], settings: dict[str, Any]) -> list[str]:
+    """The methods asked for and every other method of the part already archived (restored, not
+    run again), in the part's order: a run of one method leaves the others in the tables."""
+    archive = settings["archive"]
+    return [m for m in settings["methods"] if m in methods or (archive and (archive / m / "kept").is_file())]
 
 
 @contextmanager
@@ -294,7 +303,7 @@ def part1(args: argparse.Namespace) -> None:
     prompts = list(dict.fromkeys(r["prompt"] for r in test_rows))[: args.prompts]
     runs, predictions = {}, {}
     samples: dict[str, dict[str, list[dict]]] = {}  # method -> decoding -> generated rows
-    for method in args.methods:  # each method's test numbers and generations as soon as it is trained
+    for method in with_archived(args.methods, settings):  # each one's numbers as soon as it is trained
         with archived(settings, method) as run:
             runs[method] = train(method, settings)
             predictions[method] = pair_predictions(run, data)
@@ -352,7 +361,7 @@ def part2(args: argparse.Namespace) -> None:
     hits["base"] = [float(p["logps/chosen"] > p["logps/rejected"]) for p in base]
     users = [p["user_id"] for p in base]
     runs = {}
-    for method in args.methods:  # trained and scored one at a time, each archived when done
+    for method in with_archived(args.methods, settings):  # trained and scored one at a time
         with archived(settings, method) as run:
             runs[method] = train(method, settings)
             preds = pair_predictions(run, data)
@@ -370,19 +379,23 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
     groups = {**{a: [u == a for u in users] for a in ANNOTATORS}, "all": [True] * len(users)}
     lines = [
         *section_head(2, "Real annotators who disagree: helpful vs harmless (issue 12 part 2, issue 16)"),
-        "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on",
-        "relabeled HH-RLHF (`plrlhf data hh-relabeled --max_train 1600`: split by prompt, seed 123), the",
-        "`helpful` and `harmless` annotator types as two users; every method trains on the same",
-        f"{training_triples(runs, PART2['data'])} triples (one pass in batches of 8;",
-        "`configs/experiment/hh-annotators-smollm2.yaml`) and is",
-        f"tested on all {len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference",
-        "precomputed; reward models: Bradley-Terry (beta 1) on a scalar head; the personalized ones",
-        "(IndividualUserModel, 10 tokens, alpha 0.5, user-model lr 5e-2: part 1's choice on its",
-        f"validation split). Wall time per method: {wall_times(runs)}.",
+        *paragraph(
+            "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on relabeled",
+            "HH-RLHF (`plrlhf data hh-relabeled --max_train 1600`: split by prompt, seed 123), the `helpful`",
+            "and `harmless` annotator types as two users; every method trains on the same",
+            f"{training_triples(runs, PART2['data'])} triples (one pass in batches of 8;",
+            "`configs/experiment/hh-annotators-smollm2.yaml`) and is tested on all",
+            f"{len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference precomputed;",
+            "reward models: Bradley-Terry (beta 1) on a scalar head; the personalized ones",
+            "(IndividualUserModel, 10 tokens, alpha 0.5, user-model lr 5e-2: part 1's choice on its",
+            f"validation split). Wall time per method: {wall_times(runs)}.",
+        ),
         "",
-        "Held-out accuracy per annotator type (share of test pairs whose chosen response gets the higher",
-        "reward; implicit reward for the DPO methods; `base`: the untrained model's log-probabilities),",
-        "95% bootstrap interval over the pairs; `/generic`: the same model asked as the generic user.",
+        *paragraph(
+            "Held-out accuracy per annotator type (share of test pairs whose chosen response gets the higher",
+            "reward; implicit reward for the DPO methods; `base`: the untrained model's log-probabilities),",
+            "95% bootstrap interval over the pairs; `/generic`: the same model asked as the generic user.",
+        ),
         "",
         "| | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -416,6 +429,11 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
         lines += ["", f"![{png}]({png})"]
     lines += ["", MARK.format(part=2, edge="end")]
     replace_section(2, "\n".join(lines))
+
+
+def paragraph(*parts: str) -> list[str]:
+    """The text's lines, filled to an even width (its parts hold numbers of any length)."""
+    return textwrap.wrap(" ".join(parts), 100, break_on_hyphens=False, break_long_words=False)
 
 
 def fmt(cell: Any) -> str:
@@ -457,20 +475,25 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
     lines = [
         *section_head(1, "The length task on real text: SmolLM2-135M-Instruct per user (issue 12, part 1)"),
-        "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, beta 0.1, shared-prompt rows,",
-        "reference precomputed), relabeled HH-RLHF prompts and responses with synthetic length users",
-        "(`plrlhf data hh-length --max_train 800`: pairs whose lengths differ by less than 1.5x dropped;",
-        f"10 seen users, 7 prefer the longer response; 3 unseen users in test), {triples} training",
-        f"triples, {epochs} epoch(s) of batch {batch} for every method, 2 CPU cores; IndividualPDPO with",
-        "user-model lr 5e-2 (chosen on the validation split), ClusterPDPO with its shipped settings (`K`",
-        "5, temperature 0.1, user-model lr 1e-2); an NLL term on the chosen response for every method",
-        f"(`nll_weight` {' / '.join(map(str, nll_weights))}, chosen on the validation split, as in RPO and",
-        "the synthetic pipeline above: without it the minority's generations degenerate).",
-        f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
+        *paragraph(
+            "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, beta 0.1, shared-prompt rows,",
+            "reference precomputed), relabeled HH-RLHF prompts and responses with synthetic length users",
+            "(`plrlhf data hh-length --max_train 800`: pairs whose lengths differ by less than 1.5x dropped;",
+            f"10 seen users, 7 prefer the longer response; 3 unseen users in test), {triples} training",
+            f"triples, {epochs} epoch{'s' if epochs != 1 else ''} of batch {batch} for every method, 2 CPU",
+            "cores; IndividualPDPO with user-model lr 5e-2 (chosen on the validation split), ClusterPDPO",
+            "with its shipped settings (`K` 5, temperature 0.1, user-model lr 1e-2); an NLL term on the",
+            f"chosen response for every method (`nll_weight` {' / '.join(map(str, nll_weights))}, chosen on",
+            "the validation split, as in RPO and the synthetic pipeline above: without it the minority's",
+            "generations degenerate).",
+            f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
+        ),
         "",
-        "Held-out reward accuracy (share of test pairs whose chosen response gets the higher implicit",
-        "reward; 95% bootstrap interval over the pairs). `/generic`: the same model asked as the",
-        "generic user.",
+        *paragraph(
+            "Held-out reward accuracy (share of test pairs whose chosen response gets the higher implicit",
+            "reward; 95% bootstrap interval over the pairs). `/generic`: the same model asked as the",
+            "generic user.",
+        ),
         "",
         "| | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),

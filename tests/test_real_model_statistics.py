@@ -77,3 +77,14 @@ def test_a_finished_method_is_archived_and_restored_on_a_fresh_machine(real_mode
     assert (tmp_path / "results/dpo/done").read_text() == "1 s\n" and (
         tmp_path / "results/dpo/kept"
     ).is_file()
+
+
+def test_a_run_of_one_method_keeps_the_archived_ones_in_the_tables(real_model, tmp_path):
+    (tmp_path / "dpo").mkdir()
+    (tmp_path / "dpo" / "kept").write_text("")
+    (tmp_path / "reward_model").mkdir()  # an archive being written: no `kept` yet
+    methods = {"reward_model": [], "dpo": [], "individual_pdpo": [], "personalized_reward_model": []}
+    settings = {"methods": methods, "archive": tmp_path}
+    assert real_model.with_archived(["individual_pdpo"], settings) == ["dpo", "individual_pdpo"]
+    # A smoke run (no archive) runs what it is asked for only.
+    assert real_model.with_archived(["individual_pdpo"], {**settings, "archive": None}) == ["individual_pdpo"]
