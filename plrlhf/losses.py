@@ -45,6 +45,16 @@ class PairScores:
 
 
 # -- pure functions -----------------------------------------------------------------------------
+def chosen_nll(scores: PairScores, per_response: bool = False) -> Tensor:
+    """The policy's NLL of the chosen responses: per token over every chosen token of the batch
+    (TRL's ``rpo_alpha``), or ``per_response``: each response's per-token NLL, averaged over the
+    responses (the RPO paper's ``-log p(y_c|x) / |y_c|``: a short response weighs as much as a long
+    one, its end-of-text token included)."""
+    if per_response:
+        return (-scores.policy_chosen / scores.n_chosen.clamp(min=1)).mean()
+    return -scores.policy_chosen.sum() / scores.n_chosen.sum().clamp(min=1)
+
+
 def sigmoid_loss(delta: Tensor, beta: float, label_smoothing: float = 0.0) -> Tensor:
     """DPO, and conservative DPO when ``label_smoothing > 0``.
 

@@ -20,6 +20,7 @@ from plrlhf.losses import (
     SimPO,
     WeightedSum,
     as_loss,
+    chosen_nll,
     hinge_loss,
     ipo_loss,
     robust_loss,
@@ -90,6 +91,13 @@ def test_preference_values_rewards_and_accuracy():
     assert_close(v["rewards/margins"], torch.tensor([0.2, -0.2]))
     assert_close(v["rewards/accuracy"], torch.tensor([1.0, 0.0]))
     assert_close(v["loss"], -torch.nn.functional.logsigmoid(torch.tensor([0.2, -0.2])))
+
+
+def test_the_chosen_responses_nll_per_token_and_per_response():
+    # chosen: -4 over 4 tokens and -10 over 2. Per token of the batch: 14 / 6; per response:
+    # (4/4 + 10/2) / 2 = 3: the short response's tokens weigh twice the long one's.
+    assert chosen_nll(scores()).item() == pytest.approx(14 / 6)
+    assert chosen_nll(scores(), per_response=True).item() == pytest.approx(3.0)
 
 
 def test_ipo_uses_per_token_means():

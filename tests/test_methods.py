@@ -270,6 +270,11 @@ def test_nll_weight_adds_the_chosen_responses_nll(tmp_path):
     nll = -scores.policy_chosen.sum() / scores.n_chosen.sum()  # per token, over the batch
     difference = weighted.objective(batch)[0] - plain.objective(batch)[0]
     assert difference.item() == pytest.approx(0.7 * nll.item(), rel=1e-4)
+    per_response = pdpo(nll_weight=0.7, nll_average="response")
+    per_response.load_state_dict(plain.state_dict())
+    nll = (-scores.policy_chosen / scores.n_chosen).mean()  # each response's per-token NLL, averaged
+    difference = per_response.objective(batch)[0] - plain.objective(batch)[0]
+    assert difference.item() == pytest.approx(0.7 * nll.item(), rel=1e-4)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):

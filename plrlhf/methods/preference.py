@@ -8,12 +8,12 @@ adds the generic user) and may override :meth:`PreferenceModule.combine`.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from plrlhf.losses import PairScores, PreferenceLoss, as_loss
+from plrlhf.losses import PairScores, PreferenceLoss, as_loss, chosen_nll
 from plrlhf.methods.lm import Batch, LanguageModelModule, Values
 from plrlhf.methods.metrics import PreferenceMetrics
 from plrlhf.methods.reference import PrecomputedReference
@@ -32,6 +32,7 @@ class PreferenceModule(LanguageModelModule):
         loss: PreferenceLoss | list[PreferenceLoss] | None = None,
         beta: float = 0.1,
         nll_weight: float = 0.0,
+        nll_average: Literal["token", "response"] = "token",
         reference_free: bool = False,
         precompute_reference: bool = False,
         reference_cache_dir: str | None = ".cache/plrlhf/reference",
@@ -45,6 +46,10 @@ class PreferenceModule(LanguageModelModule):
                 reference (SimPO) runs none.
             beta: inverse temperature of the implicit reward.
             nll_weight: weight of an NLL term on the chosen response (0 = none).
+            nll_average: the NLL term's mean: over every chosen token of the batch (``token``, as
+                TRL's ``rpo_alpha``: long responses weigh more), or each response's per-token
+                NLL averaged over responses (``response``, the RPO paper's formula: users whose
+                chosen responses are short count as much as the others).
             reference_free: use no reference model (reference log-probs are 0).
             precompute_reference: score the training data under the reference once, before
                 training, so that training steps run no reference forward.
@@ -59,8 +64,11 @@ class PreferenceModule(LanguageModelModule):
             raise ValueError(f"beta must be > 0 (the implicit reward's scale), got {beta}")
         if nll_weight < 0:
             raise ValueError(f"nll_weight must be >= 0, got {nll_weight}")
+        if nll_average not in ("token", "response"):
+            raise ValueError(f"nll_average must be 'token' or 'response', got {nll_average!r}")
         self.beta = beta
         self.nll_weight = nll_weight
+        self.nll_average = nll_average
         self.loss_fn = as_loss(loss)
         if not (reference_free or not self.loss_fn.needs_reference):
             self.policy.use_reference()
@@ -122,8 +130,7 @@ class PreferenceModule(LanguageModelModule):
         values = self.pair_values(scores)
         objective = self.combine(values)
         if self.nll_weight:
-            main = scores[self.conditions[0]]
-            nll = -main.policy_chosen.sum() / main.n_chosen.sum().clamp(min=1)
+            nll = chosen_nll(scores[self.conditions[0]], per_response=self.nll_average == "response")
             objective = objective + self.nll_weight * nll
         return objective, values
 
