@@ -325,11 +325,12 @@ def by_group(rows: list[dict[str, Any]], groups: dict[str, str], seen: set[str])
     return grouped
 
 
-def run_setting(run: Path, name: str, section: str = "model") -> Any:
+def run_setting(run: Path, name: str, section: str = "model", default: Any = None) -> Any:
     """An argument of ``section`` (``model``, ``trainer``, ``data``) as the run was trained with it
-    (its saved ``config.yaml``)."""
+    (its saved ``config.yaml``); ``default`` for an argument added after the run."""
     config = yaml.safe_load((run / "config.yaml").read_text())[section]
-    return config.get("init_args", config)[name]
+    config = config.get("init_args", config)
+    return config[name] if default is None else config.get(name, default)
 
 
 def base_predictions(settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -468,7 +469,8 @@ def training_triples(runs: dict[str, Path], data: Path) -> str:
 
 def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
-    nll_weights = sorted({run_setting(run, "nll_weight") for run in runs.values()})
+    nll = sorted({(run_setting(run, "nll_weight"), run_setting(run, "nll_average", default="token"))
+                  for run in runs.values()})  # fmt: skip
     (epochs,) = {run_setting(run, "max_epochs", "trainer") for run in runs.values()}
     (batch,) = {run_setting(run, "batch_size", "data") for run in runs.values()}
     triples = training_triples(runs, PART1["data"])
@@ -483,9 +485,10 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
             f"triples, {epochs} epoch{'s' if epochs != 1 else ''} of batch {batch} for every method, 2 CPU",
             "cores; IndividualPDPO with user-model lr 5e-2 (chosen on the validation split), ClusterPDPO",
             "with its shipped settings (`K` 5, temperature 0.1, user-model lr 1e-2); an NLL term on the",
-            f"chosen response for every method (`nll_weight` {' / '.join(map(str, nll_weights))}, chosen on",
-            "the validation split, as in RPO and the synthetic pipeline above: without it the minority's",
-            "generations degenerate).",
+            "chosen response for every method, as in RPO and the synthetic pipeline above (without it",
+            "the minority's generations degenerate): `nll_weight`",
+            " / ".join(f"{weight} averaged per {average}" for weight, average in nll) + ",",
+            "chosen on the validation split.",
             f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
         ),
         "",
