@@ -81,6 +81,20 @@ def build_causal_lm(
     return model
 
 
+def weights_digest(model: nn.Module, sample: int = 4096) -> str:
+    """A digest of a model's weights: names, shapes, dtypes and about ``sample`` evenly spaced
+    values of each tensor. Cheap at any size (no pass over every byte), and training or another
+    checkpoint of the same architecture changes it."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        values = parameter.detach()
+        digest.update(f"{name}{tuple(values.shape)}{values.dtype}".encode())
+        flat = values.reshape(-1)
+        picked = flat[:: max(1, flat.numel() // sample)].contiguous()
+        digest.update(picked.view(torch.uint8).cpu().numpy().data)
+    return digest.hexdigest()
+
+
 def insert_soft_tokens(
     embeds: Tensor, attention_mask: Tensor, soft_tokens: Tensor, where: Literal["before", "after"] = "before"
 ) -> tuple[Tensor, Tensor]:
@@ -135,12 +149,18 @@ class Policy(nn.Module):
         self.reference: PreTrainedModel | None = None
         self.value_head: nn.Linear | None = None
         self.value_skip_token: int | None = None
+        # Taken before anything changes the weights (LoRA layers, a precision plugin's cast).
+        self.loaded_digest = weights_digest(model)
         if lora is not None:
             lora = copy.deepcopy(lora)
             lora.task_type = lora.task_type or "CAUSAL_LM"
             self.lm: PreTrainedModel | PeftModel = get_peft_model(model, lora)
         else:
             self.lm = model
+        # Weights frozen from the start (LoRA's base) stay as the model was loaded: a checkpoint
+        # may leave them out and a load take them from the model again (``loaded_digest`` says
+        # whether it is the same model).
+        self.as_loaded = {n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
         if not reference_free:
             self.use_reference()
 
@@ -160,12 +180,14 @@ class Policy(nn.Module):
 
     def use_reference(self) -> None:
         """Score under a reference from now on: the adapters disabled with LoRA, else a frozen copy
-        of the weights as they are now."""
+        of the weights, which must still be as loaded (the methods call it while they are built)."""
         if not self.reference_free:
             return
         self.reference_free = False
         if not self.uses_lora:
             self.reference = copy.deepcopy(self.lm).eval().requires_grad_(False)
+            copied = self.reference.named_parameters(remove_duplicate=False)
+            self.as_loaded |= {f"reference.{name}" for name, _ in copied}
 
     def set_attention(self, implementation: str) -> None:
         """Switch the attention kernels of the model and its reference copy (transformers'

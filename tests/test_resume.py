@@ -203,3 +203,57 @@ def test_sigterm_under_ddp_saves_on_every_rank_exits_143_and_resumes_exactly(tmp
     for step in clean:  # the same triples on the two ranks together, the same losses
         assert resumed[step][0] == clean[step][0], step
         assert resumed[step][1] == pytest.approx(clean[step][1], abs=1e-4), step
+
+
+@pytest.mark.parametrize("name, lora", [("individual_pdpo", True), ("dpo", False)])
+def test_a_model_directory_is_not_saved_again_in_every_checkpoint(tmp_path, in_repo, name, lora):
+    """Weights still as the model directory holds them (LoRA's frozen base; full fine-tuning's
+    reference copy) are left out of checkpoints: the resume is still exact, a load takes them from
+    the directory again, and a directory with other weights is refused."""
+    from plrlhf.adapt import load_checkpoint
+    from plrlhf.policy import build_causal_lm
+    from plrlhf.tokenizer import load_tokenizer
+    from tests.conftest import TINY_MODELS, TOKENIZER
+
+    model_dir = tmp_path / "model"
+    base = build_causal_lm(TINY_MODELS["llama"], vocab_size=len(load_tokenizer(TOKENIZER)))
+    base.save_pretrained(model_dir)
+    runs = {}
+    for run_name, fault in (("clean", None), ("stopped", ("SigtermAtStep", 9)), ("resumed", None)):
+        run, override = run_config(tmp_path, "stopped" if run_name == "resumed" else run_name, fault)
+        settings = yaml.safe_load(override.read_text())
+        settings["model"]["init_args"]["model"] = str(model_dir)
+        if lora:
+            settings["model"]["init_args"]["lora"] = {
+                "class_path": "peft.LoraConfig",
+                "init_args": {"r": 4, "target_modules": "all-linear"},
+            }
+        override.write_text(yaml.safe_dump(settings))
+        if fault is not None:
+            with pytest.raises(SystemExit):
+                main(args(name, override))
+        else:
+            main(args(name, override, *(["--ckpt_path", "last"] if run_name == "resumed" else [])))
+        runs[run_name] = run
+    assert_same_run(runs["clean"], runs["stopped"])
+
+    _, saved = weights(runs["clean"])
+    if lora:  # the adapters and the user model: nothing of the base
+        assert saved and all("lora_" in key or key.startswith("user_model.") for key in saved)
+    else:  # the trained weights, no reference copy
+        assert not any(key.startswith("policy.reference.") for key in saved)
+        assert "policy.lm.model.embed_tokens.weight" in saved
+    method, _, _ = load_checkpoint(runs["clean"] / "ckpt" / "last.ckpt")
+    loaded = method.state_dict()
+    for key, value in base.state_dict().items():  # the frozen weights, from the directory again
+        prefix = "policy.lm.base_model.model." if lora else "policy.reference."
+        where = prefix + (key.replace(".weight", ".base_layer.weight") if lora else key)
+        torch.testing.assert_close(loaded.get(where, loaded.get(prefix + key)), value, msg=key)
+    for key, value in saved.items():  # the trained weights, from the checkpoint
+        torch.testing.assert_close(loaded[key], value, msg=key)
+
+    with torch.no_grad():
+        base.model.norm.weight.add_(0.5)
+    base.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match="has other weights"):
+        load_checkpoint(runs["clean"] / "ckpt" / "last.ckpt")

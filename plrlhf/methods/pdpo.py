@@ -136,6 +136,7 @@ class PDPO(PreferenceModule):
             self.row_optimizer.zero_grad(set_to_none=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.row_optimizer is not None:
             checkpoint["user_rows_optimizer"] = self.row_optimizer.state_dict()
 
