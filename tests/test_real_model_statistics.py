@@ -88,3 +88,21 @@ def test_a_run_of_one_method_keeps_the_archived_ones_in_the_tables(real_model, t
     assert real_model.with_archived(["individual_pdpo"], settings) == ["dpo", "individual_pdpo"]
     # A smoke run (no archive) runs what it is asked for only.
     assert real_model.with_archived(["individual_pdpo"], {**settings, "archive": None}) == ["individual_pdpo"]
+
+
+def test_reference_tables_travel_with_the_archive(real_model, tmp_path):
+    archive, out = tmp_path / "archive", tmp_path / "runs"
+    (archive / "reference").mkdir(parents=True)
+    (archive / "reference" / "old.safetensors").write_bytes(b"old")
+    settings = {"out": out, "archive": archive}
+    assert real_model.reference_tables(settings) == out / "reference"
+    assert (out / "reference" / "old.safetensors").read_bytes() == b"old"  # restored for the runs
+    (out / "reference" / "new.safetensors").write_bytes(b"new")  # a run's reference pass
+    (out / "dpo").mkdir()
+    real_model.keep(out / "dpo", archive / "dpo")
+    assert (archive / "reference" / "new.safetensors").read_bytes() == b"new"
+    # A smoke run (no archive) neither reads nor writes the archive.
+    assert (
+        real_model.reference_tables({"out": tmp_path / "smoke", "archive": None})
+        == tmp_path / "smoke" / "reference"
+    )
