@@ -12,8 +12,9 @@ are skipped. Outputs go to
 intervals over test pairs) and PNGs are written into ``docs/results.md`` / ``docs/``. Once all of
 a method's steps are done, its small outputs (config, test predictions, generations, metrics) are
 archived in ``benchmarks/results/<part's dir>/<method>`` (tracked), the precomputed reference
-log-probs in ``.../reference`` (kilobytes; a fresh clone skips the reference pass): a fresh clone restores them and
-goes straight to the next method, and the tables can be rebuilt from them without the weights.
+log-probs in ``.../reference`` (kilobytes; a fresh clone skips the reference pass): a fresh
+clone restores them and goes straight to the next method, and the tables can be rebuilt from them
+without the weights.
 ``--methods`` trains the methods named; the tables keep every archived method of the part.
 Delete a method's archive and run dir to train it again.
 
