@@ -405,6 +405,31 @@ def test_hh_length_users_drops_and_seeds_on_real_text(hh_slice, tmp_path):
     report = build_hh_length(hh_slice, tmp_path / "budget", users=4, max_train=8, seed=3)
     assert report["train"] == {f"user_{i}": 2 for i in range(4)}
 
+    # As chat messages: the same triples, users and split; every turn a message, the cue dropped.
+    build_hh_length(hh_slice, tmp_path / "chat", users=4, unseen_users=2, majority_share=0.5, seed=3,
+                    conversational=True)  # fmt: skip
+    chat = read(tmp_path / "chat" / "train.jsonl")
+    assert [(r["user_id"], r["chosen"], r["rejected"]) for r in chat] == [
+        (r["user_id"], r["chosen"][1:], r["rejected"][1:]) for r in splits["train"]
+    ]
+    for row, text in zip(chat, splits["train"]):  # turns start after a blank line (the first: at 0)
+        turns = text["prompt"].count("\n\nHuman:") + text["prompt"].count("\n\nAssistant:")  # - cue + 1st
+        assert len(row["prompt"]) == turns and row["prompt"][-1]["role"] == "user"
+        assert text["prompt"].startswith(f"Human: {row['prompt'][0]['content']}\n\n")
+
+
+def test_hh_transcripts_as_chat_messages():
+    from plrlhf.builders.hh_relabeled import hh_messages
+
+    transcript = "Human: Hi?\n\nAssistant: Hello.\n\nHuman: Two lines:\nyes\n\nAssistant:"
+    assert hh_messages(transcript) == [
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Two lines:\nyes"},
+    ]
+    with pytest.raises(ValueError, match="not an HH transcript"):
+        hh_messages("Hello there\n\nAssistant:")
+
 
 def test_the_data_command_lists_every_builder_and_its_options(capsys):
     from plrlhf.builders.cli import BUILDERS

@@ -125,6 +125,12 @@ def test_conversational_records_use_the_chat_template():
     prompt_text = tok.decode(ex.prompt_ids)
     assert prompt_text == "<|im_start|>user\nSummarize the note.<|im_end|>\n<|im_start|>assistant\n"
     assert tok.decode(ex.chosen_ids) == "Ana baked bread.<|im_end|>\n<|endoftext|>"
+    # Where the end of turn is the end-of-text token (SmolLM2, Qwen2), the response stops at it,
+    # as generation does: no newline and second end-of-text token after it to score.
+    tok.eos_token = "<|im_end|>"
+    (ex,), _ = encode([row], tokenizer=tok)
+    assert tok.decode(ex.chosen_ids) == "Ana baked bread.<|im_end|>"
+    assert tok.decode(ex.rejected_ids) == "Ben baked bread.<|im_end|>"
 
 
 def test_configurable_field_names():

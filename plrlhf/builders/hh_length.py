@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from plrlhf.builders.common import write_splits
-from plrlhf.builders.hh_relabeled import FILES, read_hh_pairs
+from plrlhf.builders.hh_relabeled import FILES, conversation, read_hh_pairs
 
 
 def _users(prefix: str, n: int, majority_share: float, rng: random.Random) -> dict[str, bool]:
@@ -41,6 +41,7 @@ def build_hh_length(
     max_train: int | None = None,
     seed: int = 123,
     files: tuple[str, ...] = FILES,
+    conversational: bool = False,
 ) -> dict[str, Counter]:
     """The paper's length task on real text: HH-RLHF pairs, seeded longer/shorter users.
 
@@ -59,6 +60,9 @@ def build_hh_length(
             equal share). Validation and test are not affected.
         seed: seed of the users' preferences, the split and the assignment of pairs to users.
         files: the source files read.
+        conversational: prompts as chat messages, one per turn, rendered with the tokenizer's chat
+            template (an instruct model sees its own format and each response ends with its end
+            of turn); the same triples, users and split.
     """
     if users < 1:
         raise ValueError(f"users must be >= 1, got {users}")
@@ -115,4 +119,6 @@ def build_hh_length(
     for split, rows in splits.items():
         if not rows:
             raise ValueError(f"the {split} split is empty: {len(kept)} pairs kept of the source")
+    if conversational:
+        splits = {split: [conversation(r) for r in rows] for split, rows in splits.items()}
     return write_splits(out, splits, dropped)

@@ -6,20 +6,26 @@ Each row becomes a triple for user ``objective``: ``responses[label]`` is chosen
 prompt (seeded), so no prompt is in two splits.
 
 The ``prompt`` field stops after the last human turn; the assistant's cue ``\\n\\nAssistant:`` is
-appended (as in the original HH dialogues) and responses get their leading space.
+appended (as in the original HH dialogues) and responses get their leading space. With
+``conversational``, prompts are written as chat messages instead (one per turn) and responses
+as plain text: the data module renders them with the tokenizer's chat template, so an instruct
+model sees the format it was tuned on, and each response ends with its end of turn.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from plrlhf.builders.common import write_splits
 from plrlhf.data.sources import DataError, read_records
 
 FILES = ("helpful.test.jsonl.gz", "harmless.test.jsonl.gz")
 ASSISTANT = "\n\nAssistant:"
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ?")
 
 
 def read_hh_pairs(
@@ -61,6 +67,28 @@ def _prompt(prompt: str) -> str:
     return prompt if prompt.endswith("Assistant:") else prompt + ASSISTANT
 
 
+def hh_messages(prompt: str) -> list[dict[str, str]]:
+    """An HH transcript (``Human: ...\\n\\nAssistant: ...``, ending with the assistant's cue) as
+    chat messages, one per turn; the cue itself is the template's generation prompt."""
+    text = prompt.rstrip()
+    text = text[: -len("Assistant:")].rstrip() if text.endswith("Assistant:") else text
+    parts = _TURN.split(text)
+    if parts[0].strip() or len(parts) < 3:
+        raise ValueError(f"not an HH transcript (it must start with 'Human:'): {prompt[:80]!r}")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1::2], parts[2::2])]
+
+
+def conversation(row: dict[str, Any]) -> dict[str, Any]:
+    """A triple of HH text as chat messages (see ``conversational`` in the module's docstring)."""
+    return {
+        **row,
+        "prompt": hh_messages(row["prompt"]),
+        "chosen": row["chosen"].strip(),
+        "rejected": row["rejected"].strip(),
+    }
+
+
 def build_hh_relabeled(
     source: str | Path = "../shared/data/hh_rlhf_relabeled",
     out: str | Path = "data/hh_relabeled",
@@ -68,6 +96,7 @@ def build_hh_relabeled(
     max_train: int | None = None,
     seed: int = 123,
     files: tuple[str, ...] = FILES,
+    conversational: bool = False,
 ) -> dict[str, Counter]:
     """Relabeled HH-RLHF: helpful and harmless annotators as two users.
 
@@ -82,6 +111,8 @@ def build_hh_relabeled(
             training budget). Validation and test are not affected.
         seed: seed of the split.
         files: the source files read.
+        conversational: prompts as chat messages, rendered with the tokenizer's chat template
+            (same triples, same split).
     """
     rows, dropped = [], Counter()
     for located in _checked_rows(source, files):
@@ -117,4 +148,6 @@ def build_hh_relabeled(
         if max_train < 1:
             raise ValueError(f"max_train must be >= 1, got {max_train}")
         splits["train"] = splits["train"][:max_train]
+    if conversational:
+        splits = {split: [conversation(r) for r in rows] for split, rows in splits.items()}
     return write_splits(out, splits, dropped)

@@ -28,7 +28,8 @@ import numpy as np
 from plrlhf.data.encoding import EncodedChunk, SplitStats
 from plrlhf.io import atomic_directory, file_sha256
 
-CACHE_VERSION = 1
+# 2: chat-template responses end at an end of turn that is the end-of-text token.
+CACHE_VERSION = 2
 CACHE_ENV = "PLRLHF_CACHE"
 TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens", "chat_template")
 _ARRAYS = ("lengths", "users", "groups", "where_offsets")

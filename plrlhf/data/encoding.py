@@ -181,7 +181,14 @@ def render(
         raise DataError(
             where, "the chat template renders the prompt differently inside the full conversation"
         )
-    return prompt_text, full_text[len(prompt_text) :]
+    response_text = full_text[len(prompt_text) :]
+    # What a template writes after the end of the turn separates turns and belongs to no
+    # response. Where the end of turn is the end-of-text token (SmolLM2, Qwen2) the response stops
+    # there, as generation does: not "<|im_end|>\n" and a second end-of-text token after it.
+    eos = tokenizer.eos_token
+    if isinstance(eos, str) and eos and response_text.rstrip().endswith(eos):
+        response_text = response_text.rstrip()
+    return prompt_text, response_text
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], special: bool) -> list[list[int]]:
