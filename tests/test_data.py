@@ -127,6 +127,7 @@ def test_conversational_records_use_the_chat_template():
     assert tok.decode(ex.chosen_ids) == "Ana baked bread.<|im_end|>\n<|endoftext|>"
     # Where the end of turn is the end-of-text token (SmolLM2, Qwen2), the response stops at it,
     # as generation does: no newline and second end-of-text token after it to score.
+    tok = PreTrainedTokenizerFast.from_pretrained(TOKENIZER)  # not the shared, cached one
     tok.eos_token = "<|im_end|>"
     (ex,), _ = encode([row], tokenizer=tok)
     assert tok.decode(ex.chosen_ids) == "Ana baked bread.<|im_end|>"
