@@ -296,7 +296,7 @@ def _members(kind: str, name: str, groups: dict[str, str], seen: set[str]) -> se
     return {u for u in groups if groups[u] == group and (u in seen) == (state == "seen")}
 
 
-def generations(run: Path, users: list[str], prompts: list[str], sample: bool) -> list[dict[str, Any]]:
+def generations(run: Path, users: list[str], prompts: list[Any], sample: bool) -> list[dict[str, Any]]:
     """A response per (user, held-out prompt), greedy or sampled (seeded)."""
     name = "generate-sampled" if sample else "generate-greedy"
     path = run / "predict" / f"{name}.jsonl"
@@ -326,7 +326,8 @@ def part1(args: argparse.Namespace) -> None:
     train_users = {json.loads(line)["user_id"] for line in (data / "train.jsonl").read_text().splitlines()}
     groups = {r["user_id"]: r["group"] for r in test_rows}
     users = sorted(groups, key=lambda u: (u not in train_users, groups[u], u))
-    prompts = list(dict.fromkeys(r["prompt"] for r in test_rows))[: args.prompts]
+    # Distinct held-out prompts in file order; a prompt may be chat messages (``--conversational``).
+    prompts = list({json.dumps(r["prompt"]): r["prompt"] for r in test_rows}.values())[: args.prompts]
     runs, predictions = {}, {}
     samples: dict[str, dict[str, list[dict]]] = {}  # method -> decoding -> generated rows
     for method in with_archived(args.methods, settings):  # each one's numbers as soon as it is trained
