@@ -155,12 +155,17 @@ def reference_tables(settings: dict[str, Any]) -> Path:
     the reference pass (27 minutes for part 2 on 2 cores). A table is used only if its key (the
     training triples' token ids and the reference weights) and checksum match."""
     where = settings["out"] / "reference"
-    archive = settings["archive"] / "reference" if settings["archive"] else None
-    if archive is not None:
-        for table in archive.glob("*.safetensors"):
-            if not (where / table.name).is_file():
-                atomic_write_bytes(where / table.name, table.read_bytes())
+    if settings["archive"]:
+        copy_new_tables(settings["archive"] / "reference", where)
     return where
+
+
+def copy_new_tables(source: Path, target: Path) -> None:
+    """The reference tables of ``source`` that ``target`` lacks (a table never changes: its name
+    is its key)."""
+    for table in source.glob("*.safetensors"):
+        if not (target / table.name).is_file():
+            atomic_write_bytes(target / table.name, table.read_bytes())
 
 
 def keep(run: Path, archive: Path | None) -> None:
@@ -170,9 +175,7 @@ def keep(run: Path, archive: Path | None) -> None:
         return
     for file in (f for pattern in KEPT for f in run.glob(pattern)):
         atomic_write_bytes(archive / file.relative_to(run), file.read_bytes())
-    for table in (run.parent / "reference").glob("*.safetensors"):  # see reference_tables
-        if not (archive.parent / "reference" / table.name).is_file():
-            atomic_write_bytes(archive.parent / "reference" / table.name, table.read_bytes())
+    copy_new_tables(run.parent / "reference", archive.parent / "reference")  # see reference_tables
     for where in (archive, run):
         atomic_write_bytes(where / "kept", b"")
 

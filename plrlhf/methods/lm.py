@@ -29,9 +29,9 @@ Batch = dict[str, Tensor]
 Values = dict[str, dict[str, Tensor]]
 """Per-example values of a batch, by condition (e.g. ``user``, ``generic``), then by name."""
 UserModelFactory = Callable[[int, int], UserModel]
+"""A user model class with its other arguments; called with ``(num_users, hidden_size)``."""
 AS_LOADED = "weights_as_loaded"
 """The checkpoint entry of a checkpoint that leaves out the weights its model directory holds."""
-"""A user model class with its other arguments; called with ``(num_users, hidden_size)``."""
 
 
 class LanguageModelModule(LightningModule):
