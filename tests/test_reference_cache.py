@@ -87,6 +87,31 @@ def test_the_reference_pass_scores_every_triple_once_shortest_first(tmp_path, mo
     assert widths == sorted(widths) and widths[0] < widths[-1]
 
 
+def test_a_reference_table_outlives_a_new_encoding_cache(tmp_path, monkeypatch, count_reference_forwards):
+    """The table is keyed by the token ids, not by the encoding cache's key: an archived table
+    still serves a fresh clone after the cache format changed (it did not, at first)."""
+    import plrlhf.data.cache as cache
+
+    dm, module = setup(tmp_path)
+    quiet_trainer(tmp_path, max_steps=1).fit(module, datamodule=dm)
+    assert count_reference_forwards["n"] == 5
+    before = dm.datasets["train"].fingerprint
+
+    count_reference_forwards["n"] = 0
+    monkeypatch.setattr(cache, "CACHE_VERSION", cache.CACHE_VERSION + 1)
+    dm, module = setup(tmp_path)
+    quiet_trainer(tmp_path, max_steps=1).fit(module, datamodule=dm)
+    assert count_reference_forwards["n"] == 0
+    assert dm.datasets["train"].fingerprint == before
+
+    # one token id more in one triple: another key
+    rows = synthetic_rows("train", 40)
+    rows[7]["chosen"] += " more"
+    changed = PreferenceDataModule(TOKENIZER, train=str(write_jsonl(tmp_path / "changed.jsonl", rows)))
+    changed.setup("fit")
+    assert changed.datasets["train"].fingerprint != before
+
+
 def test_cache_key_follows_data_and_weights(tmp_path):
     dm, module = setup(tmp_path)
     dm_other = PreferenceDataModule(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -33,10 +34,20 @@ class EncodedSplit(Dataset):
         self.user_keys = user_keys
         self.group_keys = group_keys
         self.rows = rows
-        digest = hashlib.sha256("".join(e.key for e in entries).encode())
-        if rows is not None:
-            digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
-        self.fingerprint = digest.hexdigest()
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the token ids themselves, not of the cache keys that produced them: a table
+        keyed by it survives whatever does not change the ids (a new cache version, a moved file,
+        an archived table used on a fresh clone). Computed on first use (reads every token once)."""
+        digest = hashlib.sha256()
+        for entry in self.entries:
+            for array in (entry.tokens, entry.lengths, entry.starts):
+                digest.update(f"{array.dtype.str}{array.shape}".encode())
+                digest.update(np.ascontiguousarray(array).data)
+        if self.rows is not None:
+            digest.update(np.ascontiguousarray(self.rows, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else int(self.ends[-1]) if len(self.ends) else 0
