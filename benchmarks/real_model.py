@@ -58,7 +58,7 @@ DOCS = ROOT / "docs"
 PART1 = {
     "experiment": ROOT / "configs/experiment/hh-length-smollm2.yaml",
     "out": Path("runs/hh-length"),
-    "data": Path("data/hh_length"),
+    "data": Path("data/hh_length_chat"),
     # IndividualPDPO's user tokens (hidden 576) barely moved at 5e-3 in 99 steps; 5e-2 was chosen on
     # the validation split. ClusterPDPO keeps its shipped settings: part 4 asks for defaults that
     # serve every type on tasks they were not tuned for.
@@ -107,7 +107,8 @@ def prepare(part: int) -> None:
     ):
         convert(smollm2_gguf(), "models/SmolLM2-135M-Instruct")
     if part == 1 and not (PART1["data"] / "train.jsonl").is_file():
-        plrlhf(["data", "hh-length", "--out", str(PART1["data"]), "--max_train", "800"])
+        chat = ["--conversational", "true"]  # the instruct model's own format (see the config)
+        plrlhf(["data", "hh-length", "--out", str(PART1["data"]), "--max_train", "800", *chat])
     if part == 2 and not (PART2["data"] / "train.jsonl").is_file():
         plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"]), "--max_train", "1600"])
 

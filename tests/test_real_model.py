@@ -29,7 +29,8 @@ def test_smollm2_personalizes_end_to_end(tmp_path, monkeypatch):
     model = ROOT / "models" / "SmolLM2-135M-Instruct"
     if not model.is_dir():
         model = convert(smollm2_gguf(), tmp_path / "SmolLM2-135M-Instruct")
-    main(["data", "hh-length", "--source", str(SHARED_HH), "--out", "data", "--max_train", "16"])
+    main(["data", "hh-length", "--source", str(SHARED_HH), "--out", "data", "--max_train", "16",
+          "--conversational", "true"])  # fmt: skip
     fit = [
         "fit",
         *("--config", str(ROOT / "configs/method/individual_pdpo.yaml")),
