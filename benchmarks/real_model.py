@@ -343,7 +343,7 @@ def part1(args: argparse.Namespace) -> None:
                 for sample in (False, True)
             }
     table = accuracy_table(predictions, groups, train_users)
-    if not args.extra:  # a smoke run with other settings does not replace the documented result
+    if settings["archive"]:  # a run elsewhere or with other settings documents nothing
         write_part1(runs, table, samples, groups, train_users, args)
 
 
@@ -402,7 +402,7 @@ def part2(args: argparse.Namespace) -> None:
         hits[method] = [float(p["rewards/margins"] > 0) for p in preds]
         if "generic/rewards/margins" in preds[0]:
             hits[f"{method}/generic"] = [float(p["generic/rewards/margins"] > 0) for p in preds]
-    if not args.extra:
+    if settings["archive"]:
         write_part2(runs, hits, users)
 
 
@@ -659,7 +659,11 @@ if __name__ == "__main__":
     parser.add_argument("--part", type=int, choices=(1, 2), default=1)
     parser.add_argument("--methods", nargs="+", help="default: every method of the part")
     parser.add_argument("--prompts", type=int, default=8, help="held-out prompts generated for, per user")
-    parser.add_argument("--out", help="where the runs go (default: runs/hh-length, runs/hh-annotators)")
+    parser.add_argument(
+        "--out",
+        help="where the runs go (default: runs/hh-length, runs/hh-annotators); a run elsewhere neither "
+        "reads nor writes the archive and docs/results.md",
+    )
     parser.add_argument(
         "extra", nargs="*", help="further plrlhf fit arguments (after --), e.g. for a smoke run"
     )
