@@ -68,6 +68,8 @@ PART1 = {
         "cluster_pdpo": [],
     },
 }
+# Chat messages: the instruct model's own format (see the experiment config)
+PART1_DATA = ["--max_train", "800", "--conversational", "true"]
 # The longer HH responses run past 96 tokens: a smaller cap would hide the majority's lengths.
 MAX_NEW_TOKENS = 192
 USER_LR = "--model.init_args.user_model_lr"
@@ -107,8 +109,7 @@ def prepare(part: int) -> None:
     ):
         convert(smollm2_gguf(), "models/SmolLM2-135M-Instruct")
     if part == 1 and not (PART1["data"] / "train.jsonl").is_file():
-        chat = ["--conversational", "true"]  # the instruct model's own format (see the config)
-        plrlhf(["data", "hh-length", "--out", str(PART1["data"]), "--max_train", "800", *chat])
+        plrlhf(["data", "hh-length", "--out", str(PART1["data"]), *PART1_DATA])
     if part == 2 and not (PART2["data"] / "train.jsonl").is_file():
         plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"]), "--max_train", "1600"])
 
@@ -511,7 +512,8 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
         *paragraph(
             "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, beta 0.1, shared-prompt rows,",
             "reference precomputed), relabeled HH-RLHF prompts and responses with synthetic length users",
-            "(`plrlhf data hh-length --max_train 800`: pairs whose lengths differ by less than 1.5x dropped;",
+            f"(`plrlhf data hh-length {' '.join(PART1_DATA)}`: transcripts as chat messages in the model's",
+            "chat template; pairs whose lengths differ by less than 1.5x dropped;",
             f"10 seen users, 7 prefer the longer response; 3 unseen users in test), {triples} training",
             f"triples, {epochs} epoch{'s' if epochs != 1 else ''} of batch {batch} for every method, 2 CPU",
             "cores; IndividualPDPO with user-model lr 5e-2 (chosen on the validation split), ClusterPDPO",
