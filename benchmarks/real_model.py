@@ -154,7 +154,7 @@ def restore(run: Path, archive: Path | None) -> None:
 def reference_tables(settings: dict[str, Any]) -> Path:
     """Where the part's runs keep their precomputed reference log-probs: one table per training
     set and reference model (kilobytes), archived with the methods, so that a fresh clone skips
-    the reference pass (27 minutes for part 2 on 2 cores). A table is used only if its key (the
+    the reference pass (12 minutes for part 2 on 2 quiet cores). A table is used only if its key (the
     training triples' token ids and the reference weights) and checksum match."""
     where = settings["out"] / "reference"
     if settings["archive"]:
