@@ -21,7 +21,7 @@ Delete a method's archive and run dir to train it again.
 Part 1 (the paper's first experiment on real text): the prompts and the two real responses of
 relabeled HH-RLHF; 10 seen users (7 prefer the longer response, 3 the shorter) and 3 unseen
 users; DPO, IndividualPDPO and ClusterPDPO with the same budget (``configs/experiment/
-hh-length-smollm2.yaml``: 789 training triples, one epoch, batch 8). Held-out reward accuracy per
+hh-length-smollm2.yaml``: 789 training triples, two epochs, batch 8). Held-out reward accuracy per
 user and group, then greedy and sampled generations for held-out prompts per user, with their
 mean length per group.
 
