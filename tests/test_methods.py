@@ -277,6 +277,31 @@ def test_nll_weight_adds_the_chosen_responses_nll(tmp_path):
     assert difference.item() == pytest.approx(0.7 * nll.item(), rel=1e-4)
 
 
+def test_nll_condition_generic_takes_the_generic_users_nll_and_leaves_user_rows_to_preferences(tmp_path):
+    _, batch = make_batch(tmp_path)
+    plain = pdpo(alpha=0.0)  # the user term weighs 0: user rows learn from the NLL term or not at all
+    generic = pdpo(alpha=0.0, nll_weight=0.7, nll_average="response", nll_condition="generic")
+    own = pdpo(alpha=0.0, nll_weight=0.7, nll_average="response")
+    randomize_user_model(plain)
+    generic.load_state_dict(plain.state_dict())
+    own.load_state_dict(plain.state_dict())
+    scores = plain.score(batch)["generic"]
+    nll = (-scores.policy_chosen / scores.n_chosen).mean()
+    difference = generic.objective(batch)[0] - plain.objective(batch)[0]
+    assert difference.item() == pytest.approx(0.7 * nll.item(), rel=1e-4)
+    user_rows = {}
+    for name, module in (("generic", generic), ("own", own)):
+        module.train()
+        module.objective(batch)[0].backward()
+        grad = module.user_model.offsets.weight.grad
+        grad = grad.to_dense() if grad.is_sparse else grad
+        user_rows[name] = grad[1:].abs().sum().item()
+    assert user_rows["generic"] == 0.0
+    assert user_rows["own"] > 0.0
+    with pytest.raises(ValueError, match="nll_condition must be one of"):
+        DPO(model=TINY_MODELS["llama"], tokenizer=TOKENIZER, nll_condition="generic")
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     _, batch = make_batch(tmp_path)
     plain, checkpointed = pdpo(), pdpo(gradient_checkpointing=True)

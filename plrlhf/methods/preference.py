@@ -33,6 +33,7 @@ class PreferenceModule(LanguageModelModule):
         beta: float = 0.1,
         nll_weight: float = 0.0,
         nll_average: Literal["token", "response"] = "token",
+        nll_condition: str | None = None,
         reference_free: bool = False,
         precompute_reference: bool = False,
         reference_cache_dir: str | None = ".cache/plrlhf/reference",
@@ -50,6 +51,9 @@ class PreferenceModule(LanguageModelModule):
                 TRL's ``rpo_alpha``: long responses weigh more), or each response's per-token
                 NLL averaged over responses (``response``, the RPO paper's formula: users whose
                 chosen responses are short count as much as the others).
+            nll_condition: the condition whose log-probs the NLL term takes (default: the method's
+                own, e.g. P-DPO's ``user``). P-DPO's ``generic`` keeps the shared weights fluent
+                while each user's tokens learn from that user's preferences alone.
             reference_free: use no reference model (reference log-probs are 0).
             precompute_reference: score the training data under the reference once, before
                 training, so that training steps run no reference forward.
@@ -66,9 +70,15 @@ class PreferenceModule(LanguageModelModule):
             raise ValueError(f"nll_weight must be >= 0, got {nll_weight}")
         if nll_average not in ("token", "response"):
             raise ValueError(f"nll_average must be 'token' or 'response', got {nll_average!r}")
+        if nll_condition is not None and nll_condition not in self.conditions:
+            raise ValueError(
+                f"nll_condition must be one of {self.conditions} for {type(self).__name__}, "
+                f"got {nll_condition!r}"
+            )
         self.beta = beta
         self.nll_weight = nll_weight
         self.nll_average = nll_average
+        self.nll_condition = nll_condition or self.conditions[0]
         self.loss_fn = as_loss(loss)
         if not (reference_free or not self.loss_fn.needs_reference):
             self.policy.use_reference()
@@ -130,7 +140,7 @@ class PreferenceModule(LanguageModelModule):
         values = self.pair_values(scores)
         objective = self.combine(values)
         if self.nll_weight:
-            nll = chosen_nll(scores[self.conditions[0]], per_response=self.nll_average == "response")
+            nll = chosen_nll(scores[self.nll_condition], per_response=self.nll_average == "response")
             objective = objective + self.nll_weight * nll
         return objective, values
 
