@@ -65,9 +65,10 @@ PART1 = {
     # serve every type on tasks they were not tuned for.
     "methods": {
         "dpo": [],
-        # The NLL term under the generic user. Suspected cause of the minority going unserved with
-        # it under each user's own tokens (0.45 on test after two epochs; validation 0.46 at step
-        # 148): the NLL gradient outweighed the preference one in those tokens' Adam steps.
+        # The NLL term under the generic user: under each user's own tokens the minority went
+        # unserved (0.45 on test after two epochs; validation 0.46 at step 148). On that run's user
+        # rows the NLL gradient was 0.2-0.5x the preference one and aligned for majority users,
+        # 0.8-1.0x and opposed or orthogonal (cosine -0.67, +0.04) for minority users.
         "individual_pdpo": ["--model.init_args.user_model_lr", "0.05", *NLL_GENERIC],
         "cluster_pdpo": [*NLL_GENERIC],
     },
