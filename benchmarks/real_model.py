@@ -508,6 +508,17 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
     nll = sorted({(run_setting(run, "nll_weight"), run_setting(run, "nll_average", default="token"))
                   for run in runs.values()})  # fmt: skip
+    under = {
+        m: run_setting(run, "nll_condition", default="") or "user" for m, run in runs.items() if m != "dpo"
+    }
+    nll_under = (
+        "; P-DPO takes it under the condition "
+        + ", ".join(f"{condition} ({method})" for method, condition in under.items())
+        + " (`nll_condition`; under each user's own tokens it worked against the minority's"
+        " preference: session 14 below)"
+        if under
+        else ""
+    )
     (epochs,) = {run_setting(run, "max_epochs", "trainer") for run in runs.values()}
     (batch,) = {run_setting(run, "batch_size", "data") for run in runs.values()}
     triples = training_triples(runs, PART1["data"])
@@ -526,7 +537,7 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
             "chosen response for every method, as in RPO and the synthetic pipeline above (without it",
             "the minority's generations degenerate): `nll_weight`",
             " / ".join(f"{weight} averaged per {average}" for weight, average in nll) + ",",
-            "chosen on the validation split.",
+            f"chosen on the validation split{nll_under}.",
             f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
         ),
         "",
