@@ -504,18 +504,23 @@ def training_triples(runs: dict[str, Path], data: Path) -> str:
         return f"{sum(1 for _ in lines):,} (file lines; drops not recorded)"
 
 
+def per_method(runs: dict[str, Path], name: str, default: Any = None) -> str:
+    """A model argument as the runs were trained with it: one value if they share it, else each
+    method's (``default`` for runs that predate the argument or left it unset)."""
+    values = {m: run_setting(run, name, default="") or default for m, run in runs.items()}
+    if len(set(map(str, values.values()))) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{value} ({method})" for method, value in values.items())
+
+
 def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
     nll = sorted({(run_setting(run, "nll_weight"), run_setting(run, "nll_average", default="token"))
                   for run in runs.values()})  # fmt: skip
-    under = {
-        m: run_setting(run, "nll_condition", default="") or "user" for m, run in runs.items() if m != "dpo"
-    }
+    under = {m: run for m, run in runs.items() if m != "dpo"}
     nll_under = (
-        "; P-DPO takes it under the condition "
-        + ", ".join(f"{condition} ({method})" for method, condition in under.items())
-        + " (`nll_condition`; under each user's own tokens it worked against the minority's"
-        " preference: session 14 below)"
+        f"; P-DPO takes it under the condition {per_method(under, 'nll_condition', 'user')}"
+        " (`nll_condition`: session 14 below)"
         if under
         else ""
     )
@@ -526,7 +531,8 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     lines = [
         *section_head(1, "The length task on real text: SmolLM2-135M-Instruct per user (issue 12, part 1)"),
         *paragraph(
-            "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, beta 0.1, shared-prompt rows,",
+            "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4,",
+            f"beta {per_method(runs, 'beta')}, shared-prompt rows,",
             "reference precomputed), relabeled HH-RLHF prompts and responses with synthetic length users",
             f"(`plrlhf data hh-length {' '.join(PART1_DATA)}`: transcripts as chat messages in the model's",
             "chat template; pairs whose lengths differ by less than 1.5x dropped;",
@@ -534,8 +540,8 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
             f"triples, {epochs} epoch{'s' if epochs != 1 else ''} of batch {batch} for every method, 2 CPU",
             "cores; IndividualPDPO with user-model lr 5e-2 (chosen on the validation split), ClusterPDPO",
             "with its shipped settings (`K` 5, temperature 0.1, user-model lr 1e-2); an NLL term on the",
-            "chosen response for every method, as in RPO and the synthetic pipeline above (without it",
-            "the minority's generations degenerate): `nll_weight`",
+            "chosen response for every method, as in RPO and the synthetic pipeline above (without a",
+            "term on its own tokens the minority's generations degenerate): `nll_weight`",
             " / ".join(f"{weight} averaged per {average}" for weight, average in nll) + ",",
             f"chosen on the validation split{nll_under}.",
             f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
