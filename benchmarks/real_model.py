@@ -68,7 +68,9 @@ PART1 = {
         # The NLL term under the generic user: under each user's own tokens the minority went
         # unserved (0.45 on test after two epochs; validation 0.46 at step 148). On that run's user
         # rows the NLL gradient was 0.2-0.7x the preference one and aligned for majority users,
-        # 0.8-1.0x and opposed or orthogonal (cosine -0.67, +0.04) for minority users.
+        # 0.8-1.0x and opposed or orthogonal (cosine -0.67, +0.04) for minority users. Under the
+        # generic user the minority is served (1.00) but its generations degenerate (none ends
+        # before the cap): docs/results.md, part 1, session 15.
         "individual_pdpo": ["--model.init_args.user_model_lr", "0.05", *NLL_GENERIC],
         "cluster_pdpo": [*NLL_GENERIC],
     },
