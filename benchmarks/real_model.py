@@ -77,6 +77,7 @@ PART1 = {
 }
 # Chat messages: the instruct model's own format (see the experiment config)
 PART1_DATA = ["--max_train", "800", "--conversational", "true"]
+PART2_DATA = ["--max_train", "1600"]
 # The longer HH responses run past 96 tokens: a smaller cap would hide the majority's lengths.
 MAX_NEW_TOKENS = 192
 USER_LR = "--model.init_args.user_model_lr"
@@ -115,10 +116,26 @@ def prepare(part: int) -> None:
         and not Path("models/SmolLM2-135M-Instruct").is_dir()
     ):
         convert(smollm2_gguf(), "models/SmolLM2-135M-Instruct")
-    if part == 1 and not (PART1["data"] / "train.jsonl").is_file():
-        plrlhf(["data", "hh-length", "--out", str(PART1["data"]), *PART1_DATA])
-    if part == 2 and not (PART2["data"] / "train.jsonl").is_file():
-        plrlhf(["data", "hh-relabeled", "--out", str(PART2["data"]), "--max_train", "1600"])
+    if part == 1:
+        build_data("hh-length", PART1["data"], PART1_DATA)
+    if part == 2:
+        build_data("hh-relabeled", PART2["data"], PART2_DATA)
+
+
+def build_data(builder: str, out: Path, options: list[str]) -> None:
+    """``plrlhf data <builder>`` into ``out`` unless it already holds that build: a directory left
+    by other settings (an earlier version of this script, another budget) is rebuilt, not trained on."""
+    from plrlhf.builders.cli import read_build_record
+
+    wanted = dict(zip(options[::2], options[1::2]))
+    record = read_build_record(out)
+    if record is not None and record["builder"] == builder:
+        built = {f"--{key}": str(value).lower() for key, value in record["arguments"].items()}
+        if all(built.get(key) == value.lower() for key, value in wanted.items()):
+            return
+    if (out / "train.jsonl").is_file():
+        print(f"{out} was built with other settings than {builder} {' '.join(options)}: rebuilding")
+    plrlhf(["data", builder, "--out", str(out), *options])
 
 
 def settings_of(part: dict[str, Any], out: str | None, extra: list[str]) -> dict[str, Any]:
@@ -421,7 +438,8 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
         *section_head(2, "Real annotators who disagree: helpful vs harmless (issue 12 part 2, issue 16)"),
         *paragraph(
             "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on relabeled",
-            "HH-RLHF (`plrlhf data hh-relabeled --max_train 1600`: split by prompt, seed 123), the `helpful`",
+            f"HH-RLHF (`plrlhf data hh-relabeled {' '.join(PART2_DATA)}`: split by prompt, seed 123), the",
+            "`helpful`",
             "and `harmless` annotator types as two users; every method trains on the same",
             f"{training_triples(runs, PART2['data'])} triples (one pass in batches of 8;",
             "`configs/experiment/hh-annotators-smollm2.yaml`) and is tested on all",

@@ -92,6 +92,12 @@ def test_data_subcommand(hh_source, tmp_path, capsys):
     main(["data", "length", "--out", str(tmp_path / "len"), "--users", "4", "--unseen_users", "1"])
     rows = read(tmp_path / "len/train.jsonl")
     assert {r["user_id"] for r in rows} == {"user_0", "user_1", "user_2", "user_3"}
+    record = json.loads((tmp_path / "len/build.json").read_text())  # how the directory was built
+    assert record["builder"] == "length" and record["arguments"]["users"] == 4
+    assert record["triples"]["train"]["user_0"] == 250
+    assert sum(record["triples"]["train"].values()) == len(rows)
+    hh_record = json.loads((tmp_path / "hh/build.json").read_text())
+    assert hh_record["dropped"] == {"identical responses": 1}
     assert sum(r["group"] == "majority" for r in rows) == 3 * 250  # round(0.7 * 4) = 3 majority users
     longer = [len(r["chosen"]) > len(r["rejected"]) for r in rows]
     assert all(x == (r["group"] == "majority") for x, r in zip(longer, rows))

@@ -1,6 +1,8 @@
 """The intervals ``benchmarks/real_model.py`` writes into docs/results.md, on inputs whose
 resampling distribution is known by hand."""
 
+import json
+
 import pytest
 
 from tests.conftest import ROOT
@@ -106,3 +108,20 @@ def test_reference_tables_travel_with_the_archive(real_model, tmp_path):
         real_model.reference_tables({"out": tmp_path / "smoke", "archive": None})
         == tmp_path / "smoke" / "reference"
     )
+
+
+def test_a_data_directory_built_with_other_settings_is_rebuilt(real_model, tmp_path, capsys):
+    out = tmp_path / "task"
+    real_model.build_data("length", out, ["--users", "4", "--unseen_users", "1"])
+    assert "written to" in capsys.readouterr().out
+    first = (out / "train.jsonl").stat().st_mtime_ns
+    real_model.build_data("length", out, ["--users", "4", "--unseen_users", "1"])
+    assert capsys.readouterr().out == "" and (out / "train.jsonl").stat().st_mtime_ns == first
+    # another budget: the old directory must not be trained on
+    real_model.build_data("length", out, ["--users", "6", "--unseen_users", "1"])
+    assert "built with other settings" in capsys.readouterr().out
+    assert len({json.loads(row)["user_id"] for row in (out / "train.jsonl").open()}) == 6
+    # a directory without a record (built by hand or by an older version) is rebuilt too
+    (out / "build.json").unlink()
+    real_model.build_data("length", out, ["--users", "6", "--unseen_users", "1"])
+    assert "built with other settings" in capsys.readouterr().out

@@ -7,7 +7,9 @@ help (jsonargparse), so a new builder is one function added to :data:`BUILDERS`.
 from __future__ import annotations
 
 import inspect
+import json
 from collections import Counter
+from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
@@ -17,6 +19,7 @@ from plrlhf.builders.length_task import make_length_task
 from plrlhf.builders.prism import build_prism
 from plrlhf.builders.psoups import build_psoups
 from plrlhf.builders.tldr import build_tldr_length
+from plrlhf.io import atomic_write_text
 
 BUILDERS = {
     "hh-relabeled": build_hh_relabeled,
@@ -36,7 +39,28 @@ def print_report(report: dict[str, Counter], out: str) -> None:
             continue
         users = ", ".join(f"{u}: {n}" for u, n in sorted(counts.items()))
         print(f"{split}: {sum(counts.values())} triples, {len(counts)} users ({users})")
-    print(f"written to {out}/{{train,validation,test}}.jsonl")
+    print(f"written to {out}/{{train,validation,test}}.jsonl (how: {out}/{BUILD_RECORD})")
+
+
+# What a data directory was built from: a run that needs other settings can tell a stale directory
+# from its own (benchmarks/real_model.py rebuilds on a mismatch) and a reader sees the command.
+BUILD_RECORD = "build.json"
+
+
+def write_build_record(out: str, name: str, arguments: dict, report: dict[str, Counter]) -> None:
+    record = {
+        "builder": name,
+        "arguments": arguments,
+        "dropped": dict(report.get("dropped", {})),
+        "triples": {split: dict(sorted(n.items())) for split, n in report.items() if split != "dropped"},
+    }
+    atomic_write_text(Path(out) / BUILD_RECORD, json.dumps(record, indent=1, default=str) + "\n")
+
+
+def read_build_record(out: str | Path) -> dict | None:
+    """The record of how ``out`` was built; None for a directory without one (built elsewhere)."""
+    path = Path(out) / BUILD_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def parser() -> ArgumentParser:
@@ -62,4 +86,5 @@ def main(argv: list[str] | None = None) -> None:
         report = BUILDERS[name](**arguments)
     except (ValueError, FileNotFoundError) as error:  # bad sources: the message, not a traceback
         raise SystemExit(f"plrlhf data {name}: error: {error}") from None
+    write_build_record(arguments["out"], name, arguments, report)
     print_report(report, arguments["out"])
