@@ -141,6 +141,30 @@ def build_user_model(spec: Any, where: str = "user_model.json") -> UserModel:
     return build(spec, UserModel, where)
 
 
+def load_user_model_weights(user_model: UserModel, directory: str | Path) -> UserRegistry:
+    """Copy an export's user model weights into ``user_model`` (e.g. P-DPO starting from a
+    user-conditioned SFT stage); returns the export's user registry, which the caller must match
+    to its own (the same index must mean the same user). Plain JSON and safetensors only: the
+    export's class path is compared as text, never imported."""
+    root = Path(directory)
+    spec_path = root / "user_model.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{root}: no user_model.json (an export of a method with a user model?)")
+    spec = json.loads(spec_path.read_text())
+    # JSON's view of our own spec: tuples become lists, as in the file
+    ours = json.loads(json.dumps(user_model_spec(user_model)))
+    if spec != ours:
+        raise ValueError(
+            f"{spec_path}: the exported user model is {spec}, this run builds {ours}; "
+            "they must be the same class with the same arguments"
+        )
+    try:
+        user_model.load_state_dict(load_file(root / "user_model.safetensors"))
+    except RuntimeError as error:
+        raise ValueError(f"{root / 'user_model.safetensors'}: does not fit the user model: {error}") from None
+    return UserRegistry.load(root / "users.json")
+
+
 @dataclass
 class PersonalizedLM:
     """A personalized model outside the training stack: LM, tokenizer, user model, registry."""

@@ -97,3 +97,39 @@ def test_sft_predict_on_triples_gives_both_log_probs(data, tmp_path):
         assert (
             math.isfinite(rows[i]["logps/rejected"]) and rows[i]["logps/chosen"] != rows[i]["logps/rejected"]
         )
+
+
+def test_pdpo_starts_its_user_model_from_a_user_conditioned_sft_export(data, tmp_path):
+    from plrlhf import IndividualPDPO
+    from plrlhf.export import export
+
+    stage = sft(data, user_model=partial(IndividualUserModel, n_tokens=2))
+    quiet_trainer(tmp_path / "sft", max_steps=2).fit(stage, datamodule=data)
+    exported = export(stage, tmp_path / "sft-export", data.registry)
+    trained = {k: v.clone() for k, v in stage.user_model.state_dict().items()}
+    assert trained["offsets.weight"][1:].abs().sum() > 0  # the SFT stage moved the users' tokens
+
+    def pdpo(n_tokens=2):
+        return IndividualPDPO(
+            model=TINY_MODELS["llama"],
+            tokenizer=TOKENIZER,
+            num_users=data.num_users,
+            user_model=partial(IndividualUserModel, n_tokens=n_tokens),
+            user_model_init=str(exported),
+        )
+
+    module = pdpo()
+    for name, value in module.user_model.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    quiet_trainer(tmp_path / "pdpo", max_steps=1).fit(module, datamodule=data)  # the same users: fits
+
+    with pytest.raises(ValueError, match="same class with the same arguments"):
+        pdpo(n_tokens=3)
+    # the same users in another order: index 1 would be somebody else
+    reordered = tmp_path / "users.json"
+    reordered.write_text(json.dumps({"users": list(reversed(data.registry.users))}))
+    other = PreferenceDataModule(
+        TOKENIZER, train=str(tmp_path / "t.jsonl"), user_registry=str(reordered), batch_size=8
+    )
+    with pytest.raises(ValueError, match="another order or set"):
+        quiet_trainer(tmp_path / "pdpo2", max_steps=1).fit(pdpo(), datamodule=other)

@@ -40,6 +40,7 @@ class PDPO(PreferenceModule):
         user_model_lr: float | None = None,
         user_model_weight_decay: float = 0.0,
         user_tokens: Literal["before_prompt", "after_prompt"] = "before_prompt",
+        user_model_init: str | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -52,6 +53,10 @@ class PDPO(PreferenceModule):
             user_tokens: where the soft tokens sit: ``before_prompt`` (the paper's model) or
                 ``after_prompt`` (between prompt and response: one pass over the prompt serves
                 both users and both responses, but the prompt no longer sees the user).
+            user_model_init: an export directory (``plrlhf.callbacks.Export``), e.g. of a
+                user-conditioned SFT stage, whose user model weights this one starts from: the same
+                user model class and arguments, and the same users (the training data's registry
+                must equal the export's ``users.json``: checked when fitting starts).
         """
         super().__init__(*args, **kwargs)
         if not 0.0 <= alpha <= 1.0:
@@ -63,6 +68,12 @@ class PDPO(PreferenceModule):
         self.user_model_weight_decay = user_model_weight_decay
         self.user_tokens = user_tokens
         self.attach_user_model(user_model)
+        self.user_model_init = user_model_init
+        self._init_registry: list[str] | None = None
+        if user_model_init is not None:
+            from plrlhf.export import load_user_model_weights
+
+            self._init_registry = load_user_model_weights(self.user_model, user_model_init).users
         self.row_optimizer: torch.optim.Optimizer | None = None
         self._row_optimizer_state: dict[str, Any] | None = None
 
@@ -134,6 +145,17 @@ class PDPO(PreferenceModule):
         if self.row_optimizer is not None:
             self.row_optimizer.step()
             self.row_optimizer.zero_grad(set_to_none=True)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        registry = getattr(datamodule, "registry", None)
+        if self._init_registry is not None and registry is not None and registry.users != self._init_registry:
+            raise ValueError(
+                f"user_model_init {self.user_model_init}: its users.json lists {len(self._init_registry)} "
+                f"users in another order or set than this run's training data ({len(registry.users)}); "
+                "give the data module that file (`user_registry`) so that each index means the same user"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
