@@ -438,9 +438,8 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
         *section_head(2, "Real annotators who disagree: helpful vs harmless (issue 12 part 2, issue 16)"),
         *paragraph(
             "SmolLM2-135M-Instruct (LoRA r 8 on all linear layers, lr 5e-4, shared-prompt rows) on relabeled",
-            f"HH-RLHF (`plrlhf data hh-relabeled {' '.join(PART2_DATA)}`: split by prompt, seed 123), the",
-            "`helpful`",
-            "and `harmless` annotator types as two users; every method trains on the same",
+            f"HH-RLHF (`plrlhf data hh-relabeled {' '.join(PART2_DATA)}`: split by prompt, seed 123),",
+            "the `helpful` and `harmless` annotator types as two users; every method trains on the same",
             f"{training_triples(runs, PART2['data'])} triples (one pass in batches of 8;",
             "`configs/experiment/hh-annotators-smollm2.yaml`) and is tested on all",
             f"{len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference precomputed;",

@@ -19,7 +19,7 @@ from plrlhf.builders.length_task import make_length_task
 from plrlhf.builders.prism import build_prism
 from plrlhf.builders.psoups import build_psoups
 from plrlhf.builders.tldr import build_tldr_length
-from plrlhf.io import atomic_write_text
+from plrlhf.io import atomic_write_json
 
 BUILDERS = {
     "hh-relabeled": build_hh_relabeled,
@@ -54,7 +54,7 @@ def write_build_record(out: str, name: str, arguments: dict, report: dict[str, C
         "dropped": dict(report.get("dropped", {})),
         "triples": {split: dict(sorted(n.items())) for split, n in report.items() if split != "dropped"},
     }
-    atomic_write_text(Path(out) / BUILD_RECORD, json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write_json(Path(out) / BUILD_RECORD, record)  # the parsed arguments are JSON values
 
 
 def read_build_record(out: str | Path) -> dict | None:
