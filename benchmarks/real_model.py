@@ -73,6 +73,15 @@ PART1 = {
         # before the cap): docs/results.md, part 1, session 15.
         "individual_pdpo": ["--model.init_args.user_model_lr", "0.05", *NLL_GENERIC],
         "cluster_pdpo": [*NLL_GENERIC],
+        # The paper's pipeline with a personalized warm start (warm_starts below): the NLL term
+        # under each user's own tokens, whose text the SFT stage has already made fluent.
+        "individual_pdpo_sft": ["--model.init_args.user_model_lr", "0.05"],
+    },
+    # method -> (its method config, the SFT experiment before it): user-conditioned SFT on each
+    # user's chosen responses, then the method from its export (model and user model); every
+    # method's held-out length preference had to be learned by DPO alone from the instruct model.
+    "warm_starts": {
+        "individual_pdpo_sft": ("individual_pdpo", ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"),
     },
 }
 # Chat messages: the instruct model's own format (see the experiment config)
@@ -212,19 +221,37 @@ def train(method: str, settings: dict[str, Any]) -> Path:
     a ``plrlhf test`` as well would score every test pair a second time."""
     run = settings["out"] / method
     if not (run / "done").is_file():
-        resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
         tables = ["--model.init_args.reference_cache_dir", str(reference_tables(settings))]
-        extra = [
-            *tables,
-            *settings.get("fit_args", []),
-            *settings["methods"][method],
-            *settings["extra"],
-            *resume,
-        ]
         with Stopwatch(run / "elapsed") as watch:
-            fit(method, settings["experiment"], settings["out"], method, *extra)
+            config, start = warm_start(method, settings)
+            extra = [*tables, *settings.get("fit_args", []), *settings["methods"][method], *settings["extra"]]
+            fit(config, settings["experiment"], settings["out"], method, *extra, *start, *resumed(run))
         atomic_write_bytes(run / "done", f"{watch.total():.0f} s\n".encode())
     return run
+
+
+def resumed(run: Path) -> list[str]:
+    """``--ckpt_path last`` if ``run`` stopped before it was done."""
+    return ["--ckpt_path", "last"] if (run / "checkpoints/last.ckpt").is_file() else []
+
+
+def warm_start(method: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
+    """``method``'s config and the arguments that start it from its SFT stage (fitted first, into
+    ``<method>-sft``, unless done): the exported model, and the user model's weights."""
+    if method not in settings.get("warm_starts", {}):
+        return method, []
+    config, experiment = settings["warm_starts"][method]
+    sft = settings["out"] / f"{method}-sft"
+    if not (sft / "export" / "done").is_file():
+        fit("sft", experiment, settings["out"], sft.name, *settings["extra"], *resumed(sft))
+        atomic_write_bytes(sft / "export" / "done", b"")
+    export = sft / "export"
+    return config, [
+        "--model.init_args.model",
+        str(export / "model"),
+        "--model.init_args.user_model_init",
+        str(export),
+    ]
 
 
 class Stopwatch:

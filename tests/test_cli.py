@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from plrlhf.cli import run as run_cli
 from tests.conftest import ROOT, synthetic_rows, write_jsonl
@@ -59,7 +60,7 @@ def fixture_data(experiment, directory):
             source / "harmless.test.jsonl.gz", [fixtures.hh_row(i, "harmless", 0) for i in range(20, 40)]
         )
         build_hh_relabeled(source, out)
-    elif experiment == "hh-length-smollm2":
+    elif experiment in ("hh-length-smollm2", "hh-length-smollm2-sft"):
         from plrlhf.builders.hh_length import build_hh_length
 
         source = directory / "hh"
@@ -75,14 +76,20 @@ def fixture_data(experiment, directory):
     return [f"--data.init_args.{split}={out / f'{split}.jsonl'}" for split in ("train", "validation", "test")]
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
-def test_experiment_configs_run(experiment, tmp_path):
-    """Each experiment as shipped, on a tiny model, CPU and fixture data in its source's format."""
-    run(
+# The method an experiment composes with, where it is not a P-DPO one (its header says which).
+EXPERIMENT_METHOD = {"hh-length-smollm2-sft": "sft"}
+
+
+def experiment_fit(experiment, tmp_path, *extra):
+    """``fit`` of an experiment as shipped after its method file, on a tiny model, CPU and
+    fixture data in its source's format."""
+    method = EXPERIMENT_METHOD.get(experiment, "individual_pdpo")
+    no_reference = [] if method == "sft" else ["--model.init_args.reference_cache_dir", "null"]
+    return run(
         [
             "fit",
             "--config",
-            str(CONFIGS / "method/individual_pdpo.yaml"),
+            str(CONFIGS / f"method/{method}.yaml"),
             "--config",
             str(CONFIGS / "experiment" / f"{experiment}.yaml"),
             *TINY,
@@ -93,13 +100,47 @@ def test_experiment_configs_run(experiment, tmp_path):
             "--trainer.precision",
             "32-true",
             *fixture_data(experiment, tmp_path),
-            *FAST,
             "--trainer.default_root_dir",
             str(tmp_path),
-            "--model.init_args.reference_cache_dir",
-            "null",
+            *no_reference,
+            *extra,
         ]
     )
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_experiment_configs_run(experiment, tmp_path):
+    experiment_fit(experiment, tmp_path, *FAST)
+
+
+def test_part1_warm_start_chains_its_two_stages(tmp_path):
+    """The SFT stage of part 1 as shipped, then IndividualPDPO from its export (model and user
+    model): the stages' user models must agree, or the second stage refuses to start."""
+    log = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    stage = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *log]
+    (tmp_path / "sft").mkdir(), (tmp_path / "pdpo").mkdir()  # each stage builds the same fixture data
+    experiment_fit(
+        "hh-length-smollm2-sft", tmp_path / "sft", *stage, "--trainer.logger.init_args.version", "sft"
+    )
+    export = tmp_path / "runs/sft/export"
+    sft_tokens = load_file(str(export / "user_model.safetensors"))
+    cli = experiment_fit(
+        "hh-length-smollm2",
+        tmp_path / "pdpo",
+        *stage,
+        "--trainer.logger.init_args.version",
+        "pdpo",
+        "--model.init_args.model",
+        str(export / "model"),
+        "--model.init_args.user_model_init",
+        str(export),
+        "--trainer.max_steps",
+        "0",
+    )
+    started = cli.model.user_model.state_dict()
+    assert sft_tokens.keys() == started.keys()
+    assert all(torch.equal(sft_tokens[k], started[k]) for k in sft_tokens)
+    assert sft_tokens["offsets.weight"][1:].abs().sum() > 0  # trained by SFT, not both at init
 
 
 def test_readme_custom_data_command_runs():

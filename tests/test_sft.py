@@ -76,6 +76,18 @@ def test_user_conditioned_sft_trains_the_users_tokens(data, tmp_path):
     assert tokens.shape == (2, 3)
 
 
+def test_user_conditioned_sft_gives_the_user_model_its_own_optimizer_settings(data):
+    module = sft(data, user_model=partial(IndividualUserModel, n_tokens=2), user_model_lr=0.05)
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"policy": 1e-2, "user_model": 0.05}
+    with pytest.raises(ValueError, match="no user_model"):
+        sft(data, user_model_lr=0.05)
+    with pytest.raises(ValueError, match="user_model_lr must be > 0"):
+        sft(data, user_model=partial(IndividualUserModel, n_tokens=2), user_model_lr=0.0)
+
+
 def test_sft_predict_on_triples_gives_both_log_probs(data, tmp_path):
     module = sft(data, user_model=partial(IndividualUserModel, n_tokens=2))
     writer = PredictionWriter()

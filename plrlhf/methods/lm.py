@@ -137,9 +137,15 @@ class LanguageModelModule(LightningModule):
         raise NotImplementedError
 
     # -- the user model ---------------------------------------------------------------------------
-    def attach_user_model(self, factory: UserModelFactory) -> None:
+    def attach_user_model(
+        self, factory: UserModelFactory, lr: float | None = None, weight_decay: float = 0.0
+    ) -> None:
         """Build the user model (``factory(num_users, hidden_size)``) and let it see the LM's
-        token embeddings once."""
+        token embeddings once; it trains at learning rate ``lr`` (default: the optimizer's) with
+        ``weight_decay``."""
+        if lr is not None and lr <= 0:
+            raise ValueError(f"user_model_lr must be > 0, got {lr}")
+        self.user_model_lr, self.user_model_weight_decay = lr, weight_decay
         user_model = factory(self.num_users, self.policy.hidden_size)
         if not isinstance(user_model, UserModel):
             raise TypeError(f"user_model must build a plrlhf.UserModel, got {type(user_model).__name__}")

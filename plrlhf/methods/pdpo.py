@@ -61,13 +61,9 @@ class PDPO(PreferenceModule):
         super().__init__(*args, **kwargs)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if user_model_lr is not None and user_model_lr <= 0:
-            raise ValueError(f"user_model_lr must be > 0, got {user_model_lr}")
         self.alpha = alpha
-        self.user_model_lr = user_model_lr
-        self.user_model_weight_decay = user_model_weight_decay
         self.user_tokens = user_tokens
-        self.attach_user_model(user_model)
+        self.attach_user_model(user_model, user_model_lr, user_model_weight_decay)
         self.user_model_init = user_model_init
         self._init_registry: list[str] | None = None
         if user_model_init is not None:

@@ -23,17 +23,28 @@ class SFT(LanguageModelModule):
     ``predict`` on triples gives each response's log-prob (for the user, with a user model).
     """
 
-    def __init__(self, *args: Any, user_model: UserModelFactory | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        user_model: UserModelFactory | None = None,
+        user_model_lr: float | None = None,
+        user_model_weight_decay: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         """
         Args:
             user_model: condition on the user with this :class:`plrlhf.UserModel` (class path
                 and arguments; trained jointly, exported with the model); default: plain SFT.
+            user_model_lr: learning rate of the user model (default: the optimizer's).
+            user_model_weight_decay: weight decay of the user model.
         """
         super().__init__(*args, **kwargs)
         self.eval_nll = MeanMetric()
         self.eval_logps = MeanMetric()
         if user_model is not None:
-            self.attach_user_model(user_model)
+            self.attach_user_model(user_model, user_model_lr, user_model_weight_decay)
+        elif user_model_lr is not None:
+            raise ValueError("user_model_lr is set but there is no user_model")
 
     def _logps(self, batch: Batch, rows: slice) -> tuple[Tensor, Tensor]:
         return self.policy.response_logps(
