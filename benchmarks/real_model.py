@@ -167,11 +167,15 @@ def with_archived(methods: list[str], settings: dict[str, Any]) -> list[str]:
 def archived(settings: dict[str, Any], name: str) -> Iterator[Path]:
     """``name``'s run dir, restored from the archive before the steps of the ``with`` block (which
     then skip what is done) and archived after them, unless they raised."""
-    run = settings["out"] / name
-    archive = settings["archive"] / name if settings["archive"] else None
-    restore(run, archive)
-    yield run
-    keep(run, archive)
+    # A warm-started method's SFT stage travels with it: its settings are part of the method's.
+    stages = [name, *([f"{name}-sft"] if name in settings.get("warm_starts", {}) else [])]
+    archive = settings["archive"]
+    where = [(settings["out"] / stage, archive / stage if archive else None) for stage in stages]
+    for run, archive in where:
+        restore(run, archive)
+    yield where[0][0]
+    for run, archive in where:
+        keep(run, archive)
 
 
 def restore(run: Path, archive: Path | None) -> None:
@@ -590,6 +594,7 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
             "term on its own tokens the minority's generations degenerate): `nll_weight`",
             " / ".join(f"{weight} averaged per {average}" for weight, average in nll) + ",",
             f"chosen on the validation split{nll_under}.",
+            *warm_start_note(runs),
             f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
         ),
         "",
@@ -650,6 +655,24 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     pngs = plots(table, samples, groups, seen, methods)
     lines += ["", *[f"![{name}]({name})" for name in pngs], "", MARK.format(part=1, edge="end")]
     replace_section(1, "\n".join(lines))
+
+
+def warm_start_note(runs: dict[str, Path]) -> list[str]:
+    """What a warm-started method of part 1 is (its SFT stage's settings read from its run)."""
+    notes = []
+    for method, (config, _) in PART1["warm_starts"].items():
+        if method in runs:
+            sft = runs[method].parent / f"{method}-sft"
+            epochs = run_setting(sft, "max_epochs", "trainer")
+            notes.append(
+                f"`{method}`: {config} started from a user-conditioned SFT stage ({epochs} epochs of"
+                " `plrlhf.SFT` with the same user model on each user's chosen responses,"
+                f" user-model lr {run_setting(sft, 'user_model_lr')};"
+                " `configs/experiment/hh-length-smollm2-sft.yaml`), whose export is both its starting"
+                " point (model and users' tokens, `user_model_init`) and its reference; its wall time"
+                " includes the SFT stage."
+            )
+    return notes
 
 
 def pyplot():

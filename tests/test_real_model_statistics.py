@@ -81,6 +81,18 @@ def test_a_finished_method_is_archived_and_restored_on_a_fresh_machine(real_mode
     ).is_file()
 
 
+def test_a_warm_started_method_is_archived_and_restored_with_its_sft_stage(real_model, tmp_path):
+    settings = {"out": tmp_path / "runs", "archive": tmp_path / "results", "warm_starts": {"p": ()}}
+    with real_model.archived(settings, "p") as run:
+        for stage in (run, run.parent / "p-sft"):
+            (stage / "checkpoints").mkdir(parents=True)
+            (stage / "config.yaml").write_text(f"stage: {stage.name}\n")
+    assert (tmp_path / "results/p-sft/config.yaml").read_text() == "stage: p-sft\n"
+    fresh = {**settings, "out": tmp_path / "fresh"}
+    with real_model.archived(fresh, "p") as run:
+        assert (run.parent / "p-sft/config.yaml").read_text() == "stage: p-sft\n"  # its settings: docs
+
+
 def test_a_run_of_one_method_keeps_the_archived_ones_in_the_tables(real_model, tmp_path):
     (tmp_path / "dpo").mkdir()
     (tmp_path / "dpo" / "kept").write_text("")
