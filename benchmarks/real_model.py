@@ -637,21 +637,22 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
                 f"{mean_tokens[0]:.0f} / {mean_tokens[1]:.0f} | {ended[0]:.2f} / {ended[1]:.2f} | "
                 f"{by.get('majority (unseen)', 0.0):.0f} / {by.get('minority (unseen)', 0.0):.0f} |"
             )
-    lines += [
-        "",
-        "Greedy responses of P-DPO to the same held-out prompts, one majority and one minority user:",
-        "",
-    ]
-    best = "individual_pdpo" if "individual_pdpo" in samples else methods[-1]
-    rows = samples[best]["greedy"]
     major = next(u for u in sorted(seen) if groups[u] == "majority")
     minor = next(u for u in sorted(seen) if groups[u] == "minority")
-    by_user = {(r["user_id"], r["prompt"]): r["response"] for r in rows}
-    for prompt in list(dict.fromkeys(r["prompt"] for r in rows))[:3]:
-        short = prompt[-300:].replace("\n", " ")
-        lines += [f"- prompt (end): `...{short}`",
-                  f"  - {major} (majority): {by_user.get((major, prompt), '')!r}",
-                  f"  - {minor} (minority): {by_user.get((minor, prompt), '')!r}"]  # fmt: skip
+    shown = [m for m in ("individual_pdpo", *PART1["warm_starts"]) if m in samples] or methods[-1:]
+    for method in shown:
+        lines += [
+            "",
+            f"Greedy responses of {method} to held-out prompts, a majority and a minority user:",
+            "",
+        ]
+        rows = samples[method]["greedy"]
+        by_user = {(r["user_id"], r["prompt"]): r["response"] for r in rows}
+        for prompt in list(dict.fromkeys(r["prompt"] for r in rows))[:3]:
+            short = prompt[-300:].replace("\n", " ")
+            lines += [f"- prompt (end): `...{short}`",
+                      f"  - {major} (majority): {by_user.get((major, prompt), '')!r}",
+                      f"  - {minor} (minority): {by_user.get((minor, prompt), '')!r}"]  # fmt: skip
     pngs = plots(table, samples, groups, seen, methods)
     lines += ["", *[f"![{name}]({name})" for name in pngs], "", MARK.format(part=1, edge="end")]
     replace_section(1, "\n".join(lines))
