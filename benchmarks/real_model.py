@@ -78,8 +78,8 @@ PART1 = {
         "individual_pdpo_sft": ["--model.init_args.user_model_lr", "0.05"],
     },
     # method -> (its method config, the SFT experiment before it): user-conditioned SFT on each
-    # user's chosen responses, then the method from its export (model and user model); every
-    # method's held-out length preference had to be learned by DPO alone from the instruct model.
+    # user's chosen responses, then the method from its export (model and user model); the other
+    # methods start from the instruct model itself.
     "warm_starts": {
         "individual_pdpo_sft": ("individual_pdpo", ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"),
     },
@@ -661,15 +661,15 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
 def warm_start_note(runs: dict[str, Path]) -> list[str]:
     """What a warm-started method of part 1 is (its SFT stage's settings read from its run)."""
     notes = []
-    for method, (config, _) in PART1["warm_starts"].items():
+    for method, (config, experiment) in PART1["warm_starts"].items():
         if method in runs:
             sft = runs[method].parent / f"{method}-sft"
             epochs = run_setting(sft, "max_epochs", "trainer")
             notes.append(
-                f"`{method}`: {config} started from a user-conditioned SFT stage ({epochs} epochs of"
-                " `plrlhf.SFT` with the same user model on each user's chosen responses,"
-                f" user-model lr {run_setting(sft, 'user_model_lr')};"
-                " `configs/experiment/hh-length-smollm2-sft.yaml`), whose export is both its starting"
+                f"`{method}`: {config} started from a user-conditioned SFT stage ({epochs}"
+                f" epoch{'s' if epochs != 1 else ''} of `plrlhf.SFT` with the same user model on each"
+                f" user's chosen responses, user-model lr {run_setting(sft, 'user_model_lr')};"
+                f" `{experiment.relative_to(ROOT)}`), whose export is both its starting"
                 " point (model and users' tokens, `user_model_init`) and its reference; its wall time"
                 " includes the SFT stage."
             )
