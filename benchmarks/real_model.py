@@ -168,9 +168,9 @@ def archived(settings: dict[str, Any], name: str) -> Iterator[Path]:
     """``name``'s run dir, restored from the archive before the steps of the ``with`` block (which
     then skip what is done) and archived after them, unless they raised."""
     # A warm-started method's SFT stage travels with it: its settings are part of the method's.
-    stages = [name, *([f"{name}-sft"] if name in settings.get("warm_starts", {}) else [])]
-    archive = settings["archive"]
-    where = [(settings["out"] / stage, archive / stage if archive else None) for stage in stages]
+    stages = [name, *([sft_stage(name)] if name in settings.get("warm_starts", {}) else [])]
+    archives = settings["archive"]
+    where = [(settings["out"] / stage, archives / stage if archives else None) for stage in stages]
     for run, archive in where:
         restore(run, archive)
     yield where[0][0]
@@ -239,13 +239,18 @@ def resumed(run: Path) -> list[str]:
     return ["--ckpt_path", "last"] if (run / "checkpoints/last.ckpt").is_file() else []
 
 
+def sft_stage(method: str) -> str:
+    """The run name of a warm-started method's SFT stage, beside the method's own run."""
+    return f"{method}-sft"
+
+
 def warm_start(method: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
     """``method``'s config and the arguments that start it from its SFT stage (fitted first, into
     ``<method>-sft``, unless done): the exported model, and the user model's weights."""
     if method not in settings.get("warm_starts", {}):
         return method, []
     config, experiment = settings["warm_starts"][method]
-    sft = settings["out"] / f"{method}-sft"
+    sft = settings["out"] / sft_stage(method)
     if not (sft / "export" / "done").is_file():
         fit("sft", experiment, settings["out"], sft.name, *settings["extra"], *resumed(sft))
         atomic_write_bytes(sft / "export" / "done", b"")
@@ -663,7 +668,7 @@ def warm_start_note(runs: dict[str, Path]) -> list[str]:
     notes = []
     for method, (config, experiment) in PART1["warm_starts"].items():
         if method in runs:
-            sft = runs[method].parent / f"{method}-sft"
+            sft = runs[method].parent / sft_stage(method)
             epochs = run_setting(sft, "max_epochs", "trainer")
             notes.append(
                 f"`{method}`: {config} started from a user-conditioned SFT stage ({epochs}"
