@@ -76,12 +76,17 @@ PART1 = {
         # The paper's pipeline with a personalized warm start (warm_starts below): the NLL term
         # under each user's own tokens, whose text the SFT stage has already made fluent.
         "individual_pdpo_sft": ["--model.init_args.user_model_lr", "0.05"],
+        # The shipped ClusterPDPO after the same kind of SFT stage: its mixtures can separate the
+        # users by likelihood before the preference stage (part 4 on real text).
+        "cluster_pdpo_sft": [],
     },
     # method -> (its method config, the SFT experiment before it): user-conditioned SFT on each
-    # user's chosen responses, then the method from its export (model and user model); the other
+    # user's chosen responses with the method's own user model and user-model rate
+    # (:func:`sft_user_model`), then the method from its export (model and user model); the other
     # methods start from the instruct model itself.
     "warm_starts": {
         "individual_pdpo_sft": ("individual_pdpo", ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"),
+        "cluster_pdpo_sft": ("cluster_pdpo", ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"),
     },
 }
 # Chat messages: the instruct model's own format (see the experiment config)
@@ -252,7 +257,8 @@ def warm_start(method: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
     config, experiment = settings["warm_starts"][method]
     sft = settings["out"] / sft_stage(method)
     if not (sft / "export" / "done").is_file():
-        fit("sft", experiment, settings["out"], sft.name, *settings["extra"], *resumed(sft))
+        user_model = sft_user_model(config, settings["methods"][method])
+        fit("sft", experiment, settings["out"], sft.name, *user_model, *settings["extra"], *resumed(sft))
         atomic_write_bytes(sft / "export" / "done", b"")
     export = sft / "export"
     return config, [
@@ -260,6 +266,19 @@ def warm_start(method: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
         str(export / "model"),
         "--model.init_args.user_model_init",
         str(export),
+    ]
+
+
+def sft_user_model(config: str, method_args: list[str]) -> list[str]:
+    """The ``plrlhf fit`` arguments that give an SFT stage the user model of the method it warms:
+    the class and arguments of ``configs/method/<config>.yaml`` (the method's ``user_model_init``
+    refuses any other) and the method's user-model rate (its arguments in the part, else its file's)."""
+    model = yaml.safe_load((ROOT / f"configs/method/{config}.yaml").read_text())["model"]["init_args"]
+    rate = dict(zip(method_args[::2], method_args[1::2])).get(USER_LR, model.get("user_model_lr"))
+    return [
+        "--model.init_args.user_model",
+        json.dumps(model["user_model"]),
+        *([USER_LR, str(rate)] if rate is not None else []),
     ]
 
 

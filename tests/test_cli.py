@@ -80,10 +80,10 @@ def fixture_data(experiment, directory):
 EXPERIMENT_METHOD = {"hh-length-smollm2-sft": "sft"}
 
 
-def experiment_fit(experiment, tmp_path, *extra):
-    """``fit`` of an experiment as shipped after its method file, on a tiny model, CPU and
-    fixture data in its source's format."""
-    method = EXPERIMENT_METHOD.get(experiment, "individual_pdpo")
+def experiment_fit(experiment, tmp_path, *extra, method=None):
+    """``fit`` of an experiment as shipped after its method file (by default the one its header
+    names), on a tiny model, CPU and fixture data in its source's format."""
+    method = method or EXPERIMENT_METHOD.get(experiment, "individual_pdpo")
     no_reference = [] if method == "sft" else ["--model.init_args.reference_cache_dir", "null"]
     return run(
         [
@@ -113,17 +113,42 @@ def test_experiment_configs_run(experiment, tmp_path):
     experiment_fit(experiment, tmp_path, *FAST)
 
 
-def test_part1_warm_start_chains_its_two_stages(tmp_path):
-    """The SFT stage of part 1 as shipped, then IndividualPDPO from its export (model and user
-    model): the stages' user models must agree, or the second stage refuses to start."""
+def part1_warm_starts():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_model import PART1, sft_user_model
+
+    return [
+        pytest.param(
+            config,
+            PART1["methods"][method],
+            experiment,
+            sft_user_model(config, PART1["methods"][method]),
+            id=method,
+        )
+        for method, (config, experiment) in PART1["warm_starts"].items()
+    ]
+
+
+@pytest.mark.parametrize(("config", "method_args", "experiment", "sft_user_model"), part1_warm_starts())
+def test_part1_warm_start_chains_its_two_stages(config, method_args, experiment, sft_user_model, tmp_path):
+    """Each warm-started method of part 1 as ``benchmarks/real_model.py`` runs it: the shipped SFT
+    stage with the method's user model, then the method from its export (model and user model):
+    the stages' user models must agree, or the second stage refuses to start."""
     log = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     stage = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *log]
     (tmp_path / "sft").mkdir(), (tmp_path / "pdpo").mkdir()  # each stage builds the same fixture data
-    experiment_fit(
-        "hh-length-smollm2-sft", tmp_path / "sft", *stage, "--trainer.logger.init_args.version", "sft"
+    sft = experiment_fit(
+        experiment.stem,
+        tmp_path / "sft",
+        *stage,
+        *sft_user_model,
+        "--trainer.logger.init_args.version",
+        "sft",
     )
     export = tmp_path / "runs/sft/export"
-    sft_tokens = load_file(str(export / "user_model.safetensors"))
+    sft_weights = load_file(str(export / "user_model.safetensors"))
     cli = experiment_fit(
         "hh-length-smollm2",
         tmp_path / "pdpo",
@@ -136,11 +161,21 @@ def test_part1_warm_start_chains_its_two_stages(tmp_path):
         str(export),
         "--trainer.max_steps",
         "0",
+        *method_args,
+        method=config,
     )
+    assert sft.model.hparams.user_model_lr == cli.model.hparams.user_model_lr
     started = cli.model.user_model.state_dict()
-    assert sft_tokens.keys() == started.keys()
-    assert all(torch.equal(sft_tokens[k], started[k]) for k in sft_tokens)
-    assert sft_tokens["offsets.weight"][1:].abs().sum() > 0  # trained by SFT, not both at init
+    assert sft_weights.keys() == started.keys()
+    assert all(torch.equal(sft_weights[k], started[k]) for k in sft_weights)
+    # The same seed, no step: the SFT stage's own start, which its step must have moved (else the
+    # equality above could hold with no weights passed on).
+    (tmp_path / "sft0").mkdir()
+    sft0 = experiment_fit(
+        experiment.stem, tmp_path / "sft0", *FAST, *sft_user_model, "--trainer.max_steps", "0"
+    )
+    initial = sft0.model.user_model.state_dict()
+    assert any(not torch.equal(sft_weights[k], initial[k]) for k in sft_weights)
 
 
 def test_readme_custom_data_command_runs():
