@@ -683,21 +683,26 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
 
 
 def warm_start_note(runs: dict[str, Path]) -> list[str]:
-    """What a warm-started method of part 1 is (its SFT stage's settings read from its run)."""
-    notes = []
+    """What part 1's warm-started methods are, in one sentence (each SFT stage's settings read from
+    its run)."""
+    stages = []
     for method, (config, experiment) in PART1["warm_starts"].items():
         if method in runs:
             sft = runs[method].parent / sft_stage(method)
             epochs = run_setting(sft, "max_epochs", "trainer")
-            notes.append(
-                f"`{method}`: {config} started from a user-conditioned SFT stage ({epochs}"
-                f" epoch{'s' if epochs != 1 else ''} of `plrlhf.SFT` with the same user model on each"
-                f" user's chosen responses, user-model lr {run_setting(sft, 'user_model_lr')};"
-                f" `{experiment.relative_to(ROOT)}`), whose export is both its starting"
-                " point (model and users' tokens, `user_model_init`) and its reference; its wall time"
-                " includes the SFT stage."
+            stages.append(
+                f"`{method}`: {config} after {epochs} epoch{'s' if epochs != 1 else ''} of it (user-model"
+                f" lr {run_setting(sft, 'user_model_lr')}; `{experiment.relative_to(ROOT)}`)"
             )
-    return notes
+    if not stages:
+        return []
+    return [
+        "Warm-started methods start from a user-conditioned SFT stage (`plrlhf.SFT` with the method's own"
+        " user model on each user's chosen responses), whose export is both the starting point (model and"
+        " the users' weights, `user_model_init`) and the reference; their wall time includes that stage: "
+        + "; ".join(stages)
+        + "."
+    ]
 
 
 def pyplot():
