@@ -56,6 +56,8 @@ from plrlhf.io import atomic_write_bytes
 
 DOCS = ROOT / "docs"
 NLL_GENERIC = ["--model.init_args.nll_condition", "generic"]
+USER_LR = "--model.init_args.user_model_lr"
+SFT_STAGE = ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"
 PART1 = {
     "experiment": ROOT / "configs/experiment/hh-length-smollm2.yaml",
     "out": Path("runs/hh-length"),
@@ -71,11 +73,11 @@ PART1 = {
         # 0.8-1.0x and opposed or orthogonal (cosine -0.67, +0.04) for minority users. Under the
         # generic user the minority is served (1.00) but its generations degenerate (none ends
         # before the cap): docs/results.md, part 1, session 15.
-        "individual_pdpo": ["--model.init_args.user_model_lr", "0.05", *NLL_GENERIC],
+        "individual_pdpo": [USER_LR, "0.05", *NLL_GENERIC],
         "cluster_pdpo": [*NLL_GENERIC],
         # The paper's pipeline with a personalized warm start (warm_starts below): the NLL term
         # under each user's own tokens, whose text the SFT stage has already made fluent.
-        "individual_pdpo_sft": ["--model.init_args.user_model_lr", "0.05"],
+        "individual_pdpo_sft": [USER_LR, "0.05"],
         # The shipped ClusterPDPO after the same kind of SFT stage: its mixtures can separate the
         # users by likelihood before the preference stage (part 4 on real text).
         "cluster_pdpo_sft": [],
@@ -85,8 +87,8 @@ PART1 = {
     # (:func:`sft_user_model`), then the method from its export (model and user model); the other
     # methods start from the instruct model itself.
     "warm_starts": {
-        "individual_pdpo_sft": ("individual_pdpo", ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"),
-        "cluster_pdpo_sft": ("cluster_pdpo", ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"),
+        "individual_pdpo_sft": ("individual_pdpo", SFT_STAGE),
+        "cluster_pdpo_sft": ("cluster_pdpo", SFT_STAGE),
     },
 }
 # Chat messages: the instruct model's own format (see the experiment config)
@@ -94,7 +96,6 @@ PART1_DATA = ["--max_train", "800", "--conversational", "true"]
 PART2_DATA = ["--max_train", "1600"]
 # The longer HH responses run past 96 tokens: a smaller cap would hide the majority's lengths.
 MAX_NEW_TOKENS = 192
-USER_LR = "--model.init_args.user_model_lr"
 # DPO's settings of part 1; the reward models keep their configs' beta (1) and have no reference
 DPO = ["--model.init_args.beta", "0.1", "--model.init_args.precompute_reference", "true"]
 PART2 = {

@@ -175,10 +175,13 @@ def test_part1_warm_start_chains_its_two_stages(config, method_args, experiment,
     assert all(torch.equal(sft_weights[k], started[k]) for k in sft_weights)
     # The same seed, no step: the SFT stage's own start, which its step must have moved (else the
     # equality above could hold with no weights passed on).
+    # (Not ``FAST``: ``fast_dev_run`` overrides ``max_steps``.)
     (tmp_path / "sft0").mkdir()
     sft0 = experiment_fit(
-        experiment.stem, tmp_path / "sft0", *FAST, *sft_user_model, "--trainer.max_steps", "0"
-    )
+        experiment.stem, tmp_path / "sft0", *stage, *sft_user_model, "--trainer.max_steps", "0",
+        "--trainer.logger.init_args.version", "sft0",
+    )  # fmt: skip
+    assert sft0.trainer.global_step == 0
     initial = sft0.model.user_model.state_dict()
     assert any(not torch.equal(sft_weights[k], initial[k]) for k in sft_weights)
 
