@@ -27,6 +27,7 @@ TAU = "--model.init_args.user_model.init_args.temperature"
 K = "--model.init_args.user_model.init_args.n_clusters"
 GENERIC = "--model.init_args.user_model.init_args.generic_tokens"
 POPULATION = "--model.init_args.user_model.init_args.population_generic"
+NLL = ["--model.init_args.nll_weight", "0.2", "--model.init_args.nll_average", "response"]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "individual": ("individual_pdpo", []),
     "shipped": ("cluster_pdpo", []),  # temperature 0.1 since 0.3.1
@@ -50,6 +51,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # mixtures: here the tokens train at the LM's lr and the mixtures move as fast as shipped
     # (1 / temperature: 0.001 / 0.01 = 0.01 / 0.1)
     "tokens at LM lr": ("cluster_pdpo", [TAU, "0.01", "--model.init_args.user_model_lr", "0.001"]),
+    # part 1's NLL term on the chosen response (0.2, per response), under the generic user or each
+    # user's own mixture: on real text the shipped ClusterPDPO with it left the minority at 0.61-0.75
+    "NLL generic": ("cluster_pdpo", [*NLL, "--model.init_args.nll_condition", "generic"]),
+    "NLL user": ("cluster_pdpo", [*NLL, "--model.init_args.nll_condition", "user"]),
 }
 
 
