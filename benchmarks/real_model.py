@@ -21,7 +21,7 @@ Delete a method's archive and run dir to train it again.
 Part 1 (the paper's first experiment on real text): the prompts and the two real responses of
 relabeled HH-RLHF; 10 seen users (7 prefer the longer response, 3 the shorter) and 3 unseen
 users; DPO, IndividualPDPO and ClusterPDPO with the same budget (``configs/experiment/
-hh-length-smollm2.yaml``: 789 training triples, two epochs, batch 8). Held-out reward accuracy per
+hh-length-smollm2.yaml``: 1,570 training triples, one pass, batch 8). Held-out reward accuracy per
 user and group, then greedy and sampled generations for held-out prompts per user, with their
 mean length per group.
 
@@ -92,7 +92,10 @@ PART1 = {
     },
 }
 # Chat messages: the instruct model's own format (see the experiment config)
-PART1_DATA = ["--max_train", "800", "--conversational", "true"]
+# 1,600 built (1,570 kept), seen once: two passes over 800 memorized the majority's pairs (a third
+# pass lowered its test accuracy 0.81 -> 0.67), one pass over twice the pairs at the same step budget
+# served it at 0.89 (docs/results.md, part 1, sessions 19-20).
+PART1_DATA = ["--max_train", "1600", "--conversational", "true"]
 PART2_DATA = ["--max_train", "1600"]
 # The longer HH responses run past 96 tokens: a smaller cap would hide the majority's lengths.
 MAX_NEW_TOKENS = 192
