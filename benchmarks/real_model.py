@@ -146,17 +146,18 @@ def prepare(part: int) -> None:
 def build_data(builder: str, out: Path, options: list[str]) -> None:
     """``plrlhf data <builder>`` into ``out`` unless it already holds that build: a directory left
     by other settings (an earlier version of this script, another budget) is rebuilt, not trained on."""
-    from plrlhf.builders.cli import read_build_record
+    from plrlhf.builders.cli import parser, read_build_record
 
-    wanted = dict(zip(options[::2], options[1::2]))
+    command = [builder, "--out", str(out), *options]
+    # Every argument the build would record, defaults included: a directory built with an option
+    # that these options leave at its default (a cap, another seed) is another build.
+    wanted = json.loads(json.dumps(parser().parse_args(command)[builder].as_dict()))
     record = read_build_record(out)
-    if record is not None and record["builder"] == builder:
-        built = {f"--{key}": str(value).lower() for key, value in record["arguments"].items()}
-        if all(built.get(key) == value.lower() for key, value in wanted.items()):
-            return
+    if record is not None and record["builder"] == builder and record["arguments"] == wanted:
+        return
     if (out / "train.jsonl").is_file():
         print(f"{out} was built with other settings than {builder} {' '.join(options)}: rebuilding")
-    plrlhf(["data", builder, "--out", str(out), *options])
+    plrlhf(["data", *command])
 
 
 def settings_of(part: dict[str, Any], out: str | None, extra: list[str]) -> dict[str, Any]:

@@ -133,6 +133,13 @@ def test_a_data_directory_built_with_other_settings_is_rebuilt(real_model, tmp_p
     real_model.build_data("length", out, ["--users", "6", "--unseen_users", "1"])
     assert "built with other settings" in capsys.readouterr().out
     assert len({json.loads(row)["user_id"] for row in (out / "train.jsonl").open()}) == 6
+    # an option these options leave at its default was set: another build, though every option
+    # given matches the record
+    real_model.build_data("length", out, ["--users", "6", "--unseen_users", "1", "--seed", "7"])
+    assert "built with other settings" in capsys.readouterr().out
+    real_model.build_data("length", out, ["--users", "6", "--unseen_users", "1"])
+    assert "built with other settings" in capsys.readouterr().out
+    assert json.loads((out / "build.json").read_text())["arguments"]["seed"] == 123
     # a directory without a record (built by hand or by an older version) is rebuilt too
     (out / "build.json").unlink()
     real_model.build_data("length", out, ["--users", "6", "--unseen_users", "1"])
