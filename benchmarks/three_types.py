@@ -55,6 +55,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # user's own mixture: on real text the shipped ClusterPDPO with it left the minority at 0.61-0.75
     "NLL generic": ("cluster_pdpo", [*NLL, "--model.init_args.nll_condition", "generic"]),
     "NLL user": ("cluster_pdpo", [*NLL, "--model.init_args.nll_condition", "user"]),
+    # the tiny Llama at SmolLM2-135M's embedding scale (its token embeddings' RMS is 0.136, the tiny
+    # model's 0.02): the same user-model lr moves a soft token 7x less relative to its size
+    "embedding scale 0.136": ("cluster_pdpo", ["--model.init_args.model.initializer_range", "0.136"]),
 }
 
 
