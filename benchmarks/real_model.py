@@ -146,12 +146,12 @@ def prepare(part: int) -> None:
 def build_data(builder: str, out: Path, options: list[str]) -> None:
     """``plrlhf data <builder>`` into ``out`` unless it already holds that build: a directory left
     by other settings (an earlier version of this script, another budget) is rebuilt, not trained on."""
-    from plrlhf.builders.cli import parser, read_build_record
+    from plrlhf.builders.cli import read_build_record, recorded_arguments
 
     command = [builder, "--out", str(out), *options]
     # Every argument the build would record, defaults included: a directory built with an option
     # that these options leave at its default (a cap, another seed) is another build.
-    wanted = json.loads(json.dumps(parser().parse_args(command)[builder].as_dict()))
+    _, wanted = recorded_arguments(command)
     record = read_build_record(out)
     if record is not None and record["builder"] == builder and record["arguments"] == wanted:
         return

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from plrlhf.builders.cli import recorded_arguments
 from plrlhf.builders.hh_relabeled import build_hh_relabeled
 from plrlhf.cli import main
 from plrlhf.data.sources import DataError
@@ -94,6 +95,9 @@ def test_data_subcommand(hh_source, tmp_path, capsys):
     assert {r["user_id"] for r in rows} == {"user_0", "user_1", "user_2", "user_3"}
     record = json.loads((tmp_path / "len/build.json").read_text())  # how the directory was built
     assert record["builder"] == "length" and record["arguments"]["users"] == 4
+    # what a checker computes for the same command is what was recorded, defaults included
+    argv = ["length", "--out", str(tmp_path / "len"), "--users", "4", "--unseen_users", "1"]
+    assert recorded_arguments(argv) == ("length", record["arguments"]) and "seed" in record["arguments"]
     assert record["triples"]["train"]["user_0"] == 250
     assert sum(record["triples"]["train"].values()) == len(rows)
     hh_record = json.loads((tmp_path / "hh/build.json").read_text())

@@ -78,10 +78,16 @@ def parser() -> ArgumentParser:
     return root
 
 
-def main(argv: list[str] | None = None) -> None:
+def recorded_arguments(argv: list[str] | None = None) -> tuple[str, dict]:
+    """The builder ``plrlhf data <argv>`` runs and every argument it records in ``build.json``,
+    defaults included, as the JSON values a record read back holds: one definition for the command
+    and for whoever checks whether a directory already holds that build."""
     config = parser().parse_args(argv)
-    name = config.name
-    arguments = config[name].as_dict()
+    return config.name, json.loads(json.dumps(config[config.name].as_dict()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    name, arguments = recorded_arguments(argv)
     try:
         report = BUILDERS[name](**arguments)
     except (ValueError, FileNotFoundError) as error:  # bad sources: the message, not a traceback
