@@ -491,10 +491,32 @@ def part2(args: argparse.Namespace) -> None:
         if "generic/rewards/margins" in preds[0]:
             hits[f"{method}/generic"] = [float(p["generic/rewards/margins"] > 0) for p in preds]
     if settings["archive"]:
-        write_part2(runs, hits, users)
+        write_part2(runs, hits, users, chosen_longer(settings, users))
 
 
-def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list[str]) -> None:
+def chosen_longer(settings: dict[str, Any], users: list[str]) -> list[bool]:
+    """Per test pair the data module keeps, in the predictions' order: is the chosen response the
+    longer one, in tokens? (The one simple cue that tells the annotator types apart.)"""
+    from plrlhf.data.encoding import Fields, encode_records
+    from plrlhf.data.sources import read_records
+    from plrlhf.tokenizer import load_tokenizer
+
+    data = yaml.safe_load(settings["experiment"].read_text())["data"]["init_args"]
+    examples, _ = encode_records(
+        read_records(str(settings["data"] / "test.jsonl")),
+        load_tokenizer(data["tokenizer"]),
+        Fields(),
+        data["max_length"],
+        data["max_prompt_length"],
+    )
+    if [e.user for e in examples] != users:
+        raise RuntimeError("the kept test pairs are not those the predictions score")
+    return [len(e.chosen_ids) > len(e.rejected_ids) for e in examples]
+
+
+def write_part2(
+    runs: dict[str, Path], hits: dict[str, list[float]], users: list[str], longer: list[bool]
+) -> None:
     columns = list(hits)
     groups = {**{a: [u == a for u in users] for a in ANNOTATORS}, "all": [True] * len(users)}
     lines = [
@@ -543,6 +565,16 @@ def write_part2(runs: dict[str, Path], hits: dict[str, list[float]], users: list
                 mean, low, high = paired_difference(first, second)
                 cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    # A model that had learned "longer for helpful, not for harmless" would follow the annotators'
+    # column; one that prefers length alike for both types has not told them apart.
+    prefers_longer = {"annotators": [float(x) for x in longer]}
+    prefers_longer |= {c: [float(bool(h) == x) for h, x in zip(hits[c], longer)] for c in columns}
+    lines += ["", "Share of the test pairs in which the longer response (in tokens) is preferred: by the",
+              "annotators, and by each model's reward (95% bootstrap interval):", "",
+              "| | " + " | ".join(prefers_longer) + " |", "|---|" + "---|" * len(prefers_longer)]  # fmt: skip
+    for name, member in groups.items():
+        shares = [bootstrap([v for v, m in zip(values, member) if m]) for values in prefers_longer.values()]
+        lines.append(f"| {name} | " + " | ".join(fmt((*share, 0)) for share in shares) + " |")
     plt = pyplot()
     if plt is not None:
         png = accuracy_bars(plt, list(groups), accuracy, "real_model_annotators.png")
