@@ -551,10 +551,13 @@ def write_part2(
         lines.append(
             f"| {name} ({sum(member)} pairs) | " + " | ".join(fmt(accuracy[c][row]) for c in columns) + " |"
         )
-    pairs = (("individual_pdpo", "dpo"), ("personalized_reward_model", "reward_model"))
+    # The last: a gain the generic user shares is not personalization.
+    pairs = (("individual_pdpo", "dpo"), ("personalized_reward_model", "reward_model"),
+             ("individual_pdpo", "individual_pdpo/generic"))  # fmt: skip
     comparisons = [(a, b) for a, b in pairs if a in hits and b in hits]
     if comparisons:
-        lines += ["", "Personalized minus plain, paired over the same test pairs (95% bootstrap interval):",
+        lines += ["", "Personalized minus plain, and as the user minus as the generic user, paired over",
+                  "the same test pairs (95% bootstrap interval):",
                   "", "| annotators | " + " | ".join(f"{a} - {b}" for a, b in comparisons) + " |",
                   "|---|" + "---|" * len(comparisons)]  # fmt: skip
         for name, member in groups.items():
