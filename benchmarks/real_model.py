@@ -26,8 +26,9 @@ user and group, then greedy and sampled generations for held-out prompts per use
 mean length per group.
 
 Part 2 (real annotators who disagree): relabeled HH-RLHF with its `helpful` and `harmless`
-annotator types as two users; a plain and a personalized reward model, DPO and IndividualPDPO,
-each on the same training triples, every one the builder makes (3,233), seen once
+annotator types as two users; a plain and a personalized reward model, DPO and IndividualPDPO
+(also after a user-conditioned SFT stage, as part 1's ``individual_pdpo_sft``), each on the same
+training triples, every one the builder makes (3,233), seen once
 (``configs/experiment/hh-annotators-smollm2.yaml``), and the base model's own preference;
 accuracy per annotator type on all held-out test triples, and personalized minus plain with paired
 bootstrap intervals.
@@ -58,6 +59,7 @@ DOCS = ROOT / "docs"
 NLL_GENERIC = ["--model.init_args.nll_condition", "generic"]
 USER_LR = "--model.init_args.user_model_lr"
 SFT_STAGE = ROOT / "configs/experiment/hh-length-smollm2-sft.yaml"
+SFT_STAGE2 = ROOT / "configs/experiment/hh-annotators-smollm2-sft.yaml"
 PART1 = {
     "experiment": ROOT / "configs/experiment/hh-length-smollm2.yaml",
     "out": Path("runs/hh-length"),
@@ -115,7 +117,12 @@ PART2 = {
         "personalized_reward_model": [USER_LR, "0.05"],
         "dpo": DPO,
         "individual_pdpo": [*DPO, USER_LR, "0.05"],
+        # Part 1's pipeline (warm_starts): what served part 1's minority, tried after one pass at
+        # two budgets left IndividualPDPO no better than its own generic user here. Its `/generic`
+        # column says how much of a gain is the SFT's rather than the user tokens'.
+        "individual_pdpo_sft": [*DPO, USER_LR, "0.05"],
     },
+    "warm_starts": {"individual_pdpo_sft": ("individual_pdpo", SFT_STAGE2)},
     # Every method's: part 2 tunes nothing on its validation split (the user-model rate is part 1's
     # choice), and one pass over its 402 triples took DPO 21 minutes on 2 cores.
     "fit_args": ["--trainer.limit_val_batches", "0"],
@@ -530,7 +537,9 @@ def write_part2(
             f"{len(users)} held-out test triples. DPO and IndividualPDPO: beta 0.1, reference precomputed;",
             "reward models: Bradley-Terry (beta 1) on a scalar head; the personalized ones",
             "(IndividualUserModel, 10 tokens, alpha 0.5, user-model lr 5e-2: part 1's choice on its",
-            f"validation split). Wall time per method: {wall_times(runs)}.",
+            "validation split).",
+            *warm_start_note(runs, PART2),
+            f"Wall time per method: {wall_times(runs)}.",
         ),
         "",
         *paragraph(
@@ -552,8 +561,10 @@ def write_part2(
             f"| {name} ({sum(member)} pairs) | " + " | ".join(fmt(accuracy[c][row]) for c in columns) + " |"
         )
     # The last: a gain the generic user shares is not personalization.
-    pairs = (("individual_pdpo", "dpo"), ("personalized_reward_model", "reward_model"),
-             ("individual_pdpo", "individual_pdpo/generic"))  # fmt: skip
+    pairs = (("individual_pdpo", "dpo"), ("individual_pdpo_sft", "dpo"),
+             ("personalized_reward_model", "reward_model"),
+             ("individual_pdpo", "individual_pdpo/generic"),
+             ("individual_pdpo_sft", "individual_pdpo_sft/generic"))  # fmt: skip
     comparisons = [(a, b) for a, b in pairs if a in hits and b in hits]
     if comparisons:
         lines += ["", "Personalized minus plain, and as the user minus as the generic user, paired over",
@@ -661,7 +672,7 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
             "term on its own tokens the minority's generations degenerate): `nll_weight`",
             " / ".join(f"{weight} averaged per {average}" for weight, average in nll) + ",",
             f"chosen on the validation split{nll_under}.",
-            *warm_start_note(runs),
+            *warm_start_note(runs, PART1),
             f"Wall time per method (training, reference pass included): {wall_times(runs)}.",
         ),
         "",
@@ -725,11 +736,11 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     replace_section(1, "\n".join(lines))
 
 
-def warm_start_note(runs: dict[str, Path]) -> list[str]:
-    """What part 1's warm-started methods are, in one sentence (each SFT stage's settings read from
+def warm_start_note(runs: dict[str, Path], part: dict[str, Any]) -> list[str]:
+    """What a part's warm-started methods are, in one sentence (each SFT stage's settings read from
     its run)."""
     stages = []
-    for method, (config, experiment) in PART1["warm_starts"].items():
+    for method, (config, experiment) in part["warm_starts"].items():
         if method in runs:
             sft = runs[method].parent / sft_stage(method)
             epochs = run_setting(sft, "max_epochs", "trainer")

@@ -50,7 +50,7 @@ def fixture_data(experiment, directory):
         build_psoups(fixtures.write_psoups_source(directory), out)
     elif experiment == "prism":
         build_prism(fixtures.write_prism_source(directory), out)
-    elif experiment in ("hh-smollm2", "hh-annotators-smollm2"):
+    elif experiment in ("hh-smollm2", "hh-annotators-smollm2", "hh-annotators-smollm2-sft"):
         source = directory / "hh"
         source.mkdir()
         fixtures.write_gz(
@@ -77,7 +77,7 @@ def fixture_data(experiment, directory):
 
 
 # The method an experiment composes with, where it is not a P-DPO one (its header says which).
-EXPERIMENT_METHOD = {"hh-length-smollm2-sft": "sft"}
+EXPERIMENT_METHOD = {"hh-length-smollm2-sft": "sft", "hh-annotators-smollm2-sft": "sft"}
 
 
 def experiment_fit(experiment, tmp_path, *extra, method=None):
@@ -113,32 +113,38 @@ def test_experiment_configs_run(experiment, tmp_path):
     experiment_fit(experiment, tmp_path, *FAST)
 
 
-def part1_warm_starts():
-    """Part 1's warm-started methods as ``benchmarks/real_model.py`` defines them (read while the
-    tests are collected, so that a new one is tested without being named here)."""
+def warm_starts():
+    """Every part's warm-started methods as ``benchmarks/real_model.py`` defines them (read while
+    the tests are collected, so that a new one is tested without being named here)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from real_model import PART1, sft_user_model
+        from real_model import PART1, PART2, sft_user_model
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
 
     return [
         pytest.param(
             config,
-            PART1["methods"][method],
+            part["methods"][method],
             experiment,
-            sft_user_model(config, PART1["methods"][method]),
-            id=method,
+            part["experiment"],
+            sft_user_model(config, part["methods"][method]),
+            id=f"part{number}-{method}",
         )
-        for method, (config, experiment) in PART1["warm_starts"].items()
+        for number, part in ((1, PART1), (2, PART2))
+        for method, (config, experiment) in part["warm_starts"].items()
     ]
 
 
-@pytest.mark.parametrize(("config", "method_args", "experiment", "sft_user_model"), part1_warm_starts())
-def test_part1_warm_start_chains_its_two_stages(config, method_args, experiment, sft_user_model, tmp_path):
-    """Each warm-started method of part 1 as ``benchmarks/real_model.py`` runs it: the shipped SFT
+@pytest.mark.parametrize(
+    ("config", "method_args", "experiment", "method_experiment", "sft_user_model"), warm_starts()
+)
+def test_warm_start_chains_its_two_stages(
+    config, method_args, experiment, method_experiment, sft_user_model, tmp_path
+):
+    """Each warm-started method of a part as ``benchmarks/real_model.py`` runs it: the shipped SFT
     stage with the method's user model, then the method from its export (model and user model):
     the stages' user models must agree, or the second stage refuses to start."""
     log = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
@@ -155,7 +161,7 @@ def test_part1_warm_start_chains_its_two_stages(config, method_args, experiment,
     export = tmp_path / "runs/sft/export"
     sft_weights = load_file(str(export / "user_model.safetensors"))
     cli = experiment_fit(
-        "hh-length-smollm2",
+        method_experiment.stem,
         tmp_path / "pdpo",
         *stage,
         "--trainer.logger.init_args.version",
