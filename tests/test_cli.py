@@ -192,6 +192,50 @@ def test_warm_start_chains_its_two_stages(
     assert any(not torch.equal(sft_weights[k], initial[k]) for k in sft_weights)
 
 
+def flattened(tree, prefix=""):
+    """A parsed YAML file as ``{"a.b.c": leaf}`` (lists are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    paths = (f"{prefix}.{key}".lstrip(".") for key in tree)
+    return {k: v for path, sub in zip(paths, tree.values()) for k, v in flattened(sub, path).items()}
+
+
+# What a part's SFT stage may set that its experiment file does not: the stage's own arguments
+# (its user model and rate, its generation length) and its validation (part 2's stage has none).
+SFT_STAGE_ONLY = ("model.init_args.user_model", "model.init_args.generation", "trainer.limit_val_batches")
+
+
+@pytest.mark.parametrize(
+    ("experiment", "method_experiment"),
+    sorted({p.values[2:4] for p in warm_starts()}),
+    ids=lambda path: path.stem,
+)
+def test_sft_stage_configs_follow_their_part(experiment, method_experiment):
+    """A part's SFT stage file repeats its experiment file's data, model, LoRA, optimizer, schedule,
+    seed and trainer (a stage of the same run; one YAML cannot drop the P-DPO arguments that
+    ``plrlhf.SFT`` refuses, so the stage is a file of its own). Every setting the two share must
+    be equal; the part's own are P-DPO arguments, its checkpoints are the stage's first callbacks."""
+    import inspect
+
+    import yaml
+
+    from plrlhf import SFT
+
+    stage, part = (flattened(yaml.safe_load(f.read_text())) for f in (experiment, method_experiment))
+    stage_callbacks, part_callbacks = stage.pop("trainer.callbacks"), part.pop("trainer.callbacks")
+    assert stage_callbacks[: len(part_callbacks)] == part_callbacks
+    assert [c["class_path"] for c in stage_callbacks[len(part_callbacks) :]] == ["plrlhf.callbacks.Export"]
+    stage_only = {k for k in stage.keys() - part.keys() if not k.startswith(SFT_STAGE_ONLY)}
+    assert not stage_only, f"{experiment.name} sets what {method_experiment.name} does not: {stage_only}"
+    sft_arguments = {n for c in SFT.__mro__ for n in inspect.signature(c.__init__).parameters}
+    part_only = {k for k in part.keys() - stage.keys() if k != "trainer.val_check_interval"}
+    init_args = "model.init_args."
+    sft_ones = {k for k in part_only if not k.startswith(init_args) or k.split(".")[2] in sft_arguments}
+    assert not sft_ones, f"{experiment.name} lacks settings of {method_experiment.name}: {sft_ones}"
+    differ = {k for k in stage.keys() & part.keys() if stage[k] != part[k]}
+    assert not differ, f"{experiment.name} and {method_experiment.name} differ in {differ}"
+
+
 def test_readme_custom_data_command_runs():
     """The README's "Your data" command, with the bundled files standing in for the user's."""
     run(
