@@ -588,7 +588,7 @@ def write_part2(
               "| | " + " | ".join(prefers_longer) + " |", "|---|" + "---|" * len(prefers_longer)]  # fmt: skip
     for name, member in groups.items():
         shares = [bootstrap([v for v, m in zip(values, member) if m]) for values in prefers_longer.values()]
-        lines.append(f"| {name} | " + " | ".join(fmt((*share, 0)) for share in shares) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(share) for share in shares) + " |")
     plt = pyplot()
     if plt is not None:
         png = accuracy_bars(plt, list(groups), accuracy, "real_model_annotators.png")
@@ -603,9 +603,10 @@ def paragraph(*parts: str) -> list[str]:
 
 
 def fmt(cell: Any) -> str:
+    """A mean and its interval (a cell starts ``mean, low, high``; empty: no cell)."""
     if not cell:
         return ""
-    mean, low, high, n = cell
+    mean, low, high = cell[:3]
     return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
