@@ -21,9 +21,10 @@ Delete a method's archive and run dir to train it again.
 Part 1 (the paper's first experiment on real text): the prompts and the two real responses of
 relabeled HH-RLHF; 10 seen users (7 prefer the longer response, 3 the shorter) and 3 unseen
 users; DPO, IndividualPDPO and ClusterPDPO with the same budget (``configs/experiment/
-hh-length-smollm2.yaml``: 1,570 training triples, one pass, batch 8). Held-out reward accuracy per
-user and group, then greedy and sampled generations for held-out prompts per user, with their
-mean length per group.
+hh-length-smollm2.yaml``: 1,570 training triples, one pass, batch 8), and each of the three again
+after an SFT stage on the users' chosen responses (``*_sft``; conditioned on the user for P-DPO).
+Held-out reward accuracy per user and group, then greedy and sampled generations for held-out
+prompts per user, with their mean length per group.
 
 Part 2 (real annotators who disagree): relabeled HH-RLHF with its `helpful` and `harmless`
 annotator types as two users; a plain and a personalized reward model, DPO and IndividualPDPO
@@ -83,14 +84,18 @@ PART1 = {
         # The shipped ClusterPDPO after the same kind of SFT stage: its mixtures can separate the
         # users by likelihood before the preference stage (part 4 on real text).
         "cluster_pdpo_sft": [],
+        # DPO after SFT on every user's chosen responses: the warm-started methods' budget without
+        # users, so that what they gain over DPO is not the SFT stage's.
+        "dpo_sft": [],
     },
-    # method -> (its method config, the SFT experiment before it): user-conditioned SFT on each
-    # user's chosen responses with the method's own user model and user-model rate
-    # (:func:`sft_user_model`), then the method from its export (model and user model); the other
-    # methods start from the instruct model itself.
+    # method -> (its method config, the SFT experiment before it): SFT on each user's chosen
+    # responses, conditioned on the user with the method's own user model and user-model rate
+    # (:func:`sft_user_model`; DPO's has none), then the method from its export (model and user
+    # model); the other methods start from the instruct model itself.
     "warm_starts": {
         "individual_pdpo_sft": ("individual_pdpo", SFT_STAGE),
         "cluster_pdpo_sft": ("cluster_pdpo", SFT_STAGE),
+        "dpo_sft": ("dpo", SFT_STAGE),
     },
 }
 # Chat messages: the instruct model's own format (see the experiment config)
@@ -266,7 +271,7 @@ def sft_stage(method: str) -> str:
 
 def warm_start(method: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
     """``method``'s config and the arguments that start it from its SFT stage (fitted first, into
-    ``<method>-sft``, unless done): the exported model, and the user model's weights."""
+    ``<method>-sft``, unless done)."""
     if method not in settings.get("warm_starts", {}):
         return method, []
     config, experiment = settings["warm_starts"][method]
@@ -275,20 +280,30 @@ def warm_start(method: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
         user_model = sft_user_model(config, settings["methods"][method])
         fit("sft", experiment, settings["out"], sft.name, *user_model, *settings["extra"], *resumed(sft))
         atomic_write_bytes(sft / "export" / "done", b"")
-    export = sft / "export"
-    return config, [
-        "--model.init_args.model",
-        str(export / "model"),
-        "--model.init_args.user_model_init",
-        str(export),
-    ]
+    return config, started_from(config, sft / "export")
+
+
+def method_user_model(config: str) -> dict[str, Any] | None:
+    """The ``model.init_args`` of ``configs/method/<config>.yaml`` if it has a user model."""
+    model = yaml.safe_load((ROOT / f"configs/method/{config}.yaml").read_text())["model"]["init_args"]
+    return model if "user_model" in model else None
+
+
+def started_from(config: str, export: Path) -> list[str]:
+    """The ``plrlhf fit`` arguments that start ``config``'s method from an SFT stage's ``export``:
+    the exported model, and the users' weights where the method has a user model."""
+    users = [] if method_user_model(config) is None else ["--model.init_args.user_model_init", str(export)]
+    return ["--model.init_args.model", str(export / "model"), *users]
 
 
 def sft_user_model(config: str, method_args: list[str]) -> list[str]:
     """The ``plrlhf fit`` arguments that give an SFT stage the user model of the method it warms:
     the class and arguments of ``configs/method/<config>.yaml`` (the method's ``user_model_init``
-    refuses any other) and the method's user-model rate (its arguments in the part, else its file's)."""
-    model = yaml.safe_load((ROOT / f"configs/method/{config}.yaml").read_text())["model"]["init_args"]
+    refuses any other) and the method's user-model rate (its arguments in the part, else its file's);
+    none for a method without users (the stage is then plain SFT on every user's chosen responses)."""
+    model = method_user_model(config)
+    if model is None:
+        return ["--model.init_args.user_model", "null", USER_LR, "null"]
     rate = dict(zip(method_args[::2], method_args[1::2])).get(USER_LR, model.get("user_model_lr"))
     return [
         "--model.init_args.user_model",
@@ -745,18 +760,19 @@ def warm_start_note(runs: dict[str, Path], part: dict[str, Any]) -> list[str]:
         if method in runs:
             sft = runs[method].parent / sft_stage(method)
             epochs = run_setting(sft, "max_epochs", "trainer")
+            rate = run_setting(sft, "user_model_lr")
+            users = "no users" if run_setting(sft, "user_model") is None else f"user-model lr {rate}"
             stages.append(
-                f"`{method}`: {config} after {epochs} epoch{'s' if epochs != 1 else ''} of it (user-model"
-                f" lr {run_setting(sft, 'user_model_lr')}; `{experiment.relative_to(ROOT)}`)"
+                f"`{method}`: {config} after {epochs} epoch{'s' if epochs != 1 else ''} of it ({users};"
+                f" `{experiment.relative_to(ROOT)}`)"
             )
     if not stages:
         return []
     return [
-        "Warm-started methods start from a user-conditioned SFT stage (`plrlhf.SFT` with the method's own"
-        " user model on each user's chosen responses), whose export is both the starting point (model and"
-        " the users' weights, `user_model_init`) and the reference; their wall time includes that stage: "
-        + "; ".join(stages)
-        + "."
+        "Warm-started methods start from an SFT stage on each user's chosen responses (`plrlhf.SFT`,"
+        " conditioned on the user by the method's own user model; DPO's is plain SFT), whose export is"
+        " both the starting point (the model, and for P-DPO the users' weights, `user_model_init`) and"
+        " the reference; their wall time includes that stage: " + "; ".join(stages) + "."
     ]
 
 

@@ -113,29 +113,42 @@ def test_experiment_configs_run(experiment, tmp_path):
     experiment_fit(experiment, tmp_path, *FAST)
 
 
-def warm_starts():
-    """Every part's warm-started methods as ``benchmarks/real_model.py`` defines them (read while
-    the tests are collected, so that a new one is tested without being named here)."""
+def real_model():
+    """``benchmarks/real_model.py`` as a module."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from real_model import PART1, PART2, sft_user_model
+        import real_model
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return real_model
 
+
+def warm_starts():
+    """Every part's warm-started methods as ``benchmarks/real_model.py`` defines them (read while
+    the tests are collected, so that a new one is tested without being named here)."""
+    script = real_model()
     return [
         pytest.param(
             config,
             part["methods"][method],
             experiment,
             part["experiment"],
-            sft_user_model(config, part["methods"][method]),
+            script.sft_user_model(config, part["methods"][method]),
             id=f"part{number}-{method}",
         )
-        for number, part in ((1, PART1), (2, PART2))
+        for number, part in ((1, script.PART1), (2, script.PART2))
         for method, (config, experiment) in part["warm_starts"].items()
     ]
+
+
+def policy_weight(module, name):
+    """The frozen base weight ``name`` (e.g. ``layers.0.self_attn.q_proj.weight``) of a method's
+    policy (under LoRA it is the wrapped layer's ``base_layer``)."""
+    wanted = (name, name.replace(".weight", ".base_layer.weight"))
+    (weight,) = (p for n, p in module.policy.named_parameters() if n.endswith(wanted))
+    return weight.detach()
 
 
 @pytest.mark.parametrize(
@@ -145,8 +158,9 @@ def test_warm_start_chains_its_two_stages(
     config, method_args, experiment, method_experiment, sft_user_model, tmp_path
 ):
     """Each warm-started method of a part as ``benchmarks/real_model.py`` runs it: the shipped SFT
-    stage with the method's user model, then the method from its export (model and user model):
-    the stages' user models must agree, or the second stage refuses to start."""
+    stage with the method's user model (or none), then the method from its export: the model, and
+    the user model where the method has one (the stages' user models must agree, or the second
+    stage refuses to start)."""
     log = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     stage = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *log]
     (tmp_path / "sft").mkdir(), (tmp_path / "pdpo").mkdir()  # each stage builds the same fixture data
@@ -159,28 +173,20 @@ def test_warm_start_chains_its_two_stages(
         "sft",
     )
     export = tmp_path / "runs/sft/export"
-    sft_weights = load_file(str(export / "user_model.safetensors"))
     cli = experiment_fit(
         method_experiment.stem,
         tmp_path / "pdpo",
         *stage,
         "--trainer.logger.init_args.version",
         "pdpo",
-        "--model.init_args.model",
-        str(export / "model"),
-        "--model.init_args.user_model_init",
-        str(export),
+        *real_model().started_from(config, export),
         "--trainer.max_steps",
         "0",
         *method_args,
         method=config,
     )
-    assert sft.model.hparams.user_model_lr == cli.model.hparams.user_model_lr
-    started = cli.model.user_model.state_dict()
-    assert sft_weights.keys() == started.keys()
-    assert all(torch.equal(sft_weights[k], started[k]) for k in sft_weights)
     # The same seed, no step: the SFT stage's own start, which its step must have moved (else the
-    # equality above could hold with no weights passed on).
+    # equalities below could hold with nothing passed on).
     # (Not ``FAST``: ``fast_dev_run`` overrides ``max_steps``.)
     (tmp_path / "sft0").mkdir()
     sft0 = experiment_fit(
@@ -188,6 +194,19 @@ def test_warm_start_chains_its_two_stages(
         "--trainer.logger.init_args.version", "sft0",
     )  # fmt: skip
     assert sft0.trainer.global_step == 0
+    exported = load_file(str(export / "model/model.safetensors"))
+    name = next(k for k in exported if k.endswith("layers.0.self_attn.q_proj.weight"))
+    start = policy_weight(cli.model, name.removeprefix("model."))
+    assert torch.equal(start, exported[name])
+    assert not torch.equal(start, policy_weight(sft0.model, name.removeprefix("model.")))
+    if sft.model.user_model is None:
+        assert cli.model.user_model is None
+        return
+    assert sft.model.hparams.user_model_lr == cli.model.hparams.user_model_lr
+    sft_weights = load_file(str(export / "user_model.safetensors"))
+    started = cli.model.user_model.state_dict()
+    assert sft_weights.keys() == started.keys()
+    assert all(torch.equal(sft_weights[k], started[k]) for k in sft_weights)
     initial = sft0.model.user_model.state_dict()
     assert any(not torch.equal(sft_weights[k], initial[k]) for k in sft_weights)
 
