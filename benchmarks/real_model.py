@@ -661,7 +661,8 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
     nll = sorted({(run_setting(run, "nll_weight"), run_setting(run, "nll_average", default="token"))
                   for run in runs.values()})  # fmt: skip
-    under = {m: run for m, run in runs.items() if m != "dpo"}
+    # The methods with users (DPO, also after its SFT stage, has none: no condition, no generic user)
+    under = {m: run for m, run in runs.items() if run_setting(run, "user_model", default=False)}
     nll_under = (
         f"; P-DPO takes it under the condition {per_method(under, 'nll_condition', 'user')}"
         " (`nll_condition`: session 14 below)"
@@ -671,7 +672,7 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     (epochs,) = {run_setting(run, "max_epochs", "trainer") for run in runs.values()}
     (batch,) = {run_setting(run, "batch_size", "data") for run in runs.values()}
     triples = training_triples(runs, PART1["data"])
-    columns = [m for m in methods] + [f"{m}/generic" for m in methods if m != "dpo"]
+    columns = [m for m in methods] + [f"{m}/generic" for m in under]
     lines = [
         *section_head(1, "The length task on real text: SmolLM2-135M-Instruct per user (issue 12, part 1)"),
         *paragraph(
