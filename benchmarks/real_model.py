@@ -657,12 +657,17 @@ def per_method(runs: dict[str, Path], name: str, default: Any = None) -> str:
     return ", ".join(f"{value} ({method})" for method, value in values.items())
 
 
+def with_users(runs: dict[str, Path]) -> dict[str, Path]:
+    """The runs whose method has a user model, by their saved configs (DPO has none, also after an
+    SFT stage: no NLL condition, no generic user to ask)."""
+    return {m: run for m, run in runs.items() if run_setting(run, "user_model", default=False)}
+
+
 def write_part1(runs, table, samples, groups, seen, args) -> None:
     methods = list(runs)
     nll = sorted({(run_setting(run, "nll_weight"), run_setting(run, "nll_average", default="token"))
                   for run in runs.values()})  # fmt: skip
-    # The methods with users (DPO, also after its SFT stage, has none: no condition, no generic user)
-    under = {m: run for m, run in runs.items() if run_setting(run, "user_model", default=False)}
+    under = with_users(runs)
     nll_under = (
         f"; P-DPO takes it under the condition {per_method(under, 'nll_condition', 'user')}"
         " (`nll_condition`: session 14 below)"

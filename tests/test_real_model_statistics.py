@@ -144,3 +144,12 @@ def test_a_data_directory_built_with_other_settings_is_rebuilt(real_model, tmp_p
     (out / "build.json").unlink()
     real_model.build_data("length", out, ["--users", "6", "--unseen_users", "1"])
     assert "built with other settings" in capsys.readouterr().out
+
+
+def test_which_archived_methods_have_users(real_model):
+    """Read from each run's saved config, not its name: DPO has no user to condition on."""
+    archive = ROOT / "benchmarks/results/hh-length"
+    runs = {m: archive / m for m in ("dpo", "cluster_pdpo", "individual_pdpo_sft", "individual_pdpo_sft-sft")}
+    runs["dpo as named otherwise"] = archive / "dpo"
+    users = ["cluster_pdpo", "individual_pdpo_sft", "individual_pdpo_sft-sft"]  # the SFT stage's too
+    assert list(real_model.with_users(runs)) == users
