@@ -657,10 +657,15 @@ def per_method(runs: dict[str, Path], name: str, default: Any = None) -> str:
     return ", ".join(f"{value} ({method})" for method, value in values.items())
 
 
-def with_users(runs: dict[str, Path]) -> dict[str, Path]:
-    """The runs whose method has a user model, by their saved configs (DPO has none, also after an
+def has_users(run: Path) -> bool:
+    """Whether the run's method has a user model, by its saved config (DPO has none, also after an
     SFT stage: no NLL condition, no generic user to ask)."""
-    return {m: run for m, run in runs.items() if run_setting(run, "user_model", default=False)}
+    return bool(run_setting(run, "user_model", default=False))
+
+
+def with_users(runs: dict[str, Path]) -> dict[str, Path]:
+    """The runs of :func:`has_users`."""
+    return {m: run for m, run in runs.items() if has_users(run)}
 
 
 def write_part1(runs, table, samples, groups, seen, args) -> None:
@@ -766,8 +771,7 @@ def warm_start_note(runs: dict[str, Path], part: dict[str, Any]) -> list[str]:
         if method in runs:
             sft = runs[method].parent / sft_stage(method)
             epochs = run_setting(sft, "max_epochs", "trainer")
-            rate = run_setting(sft, "user_model_lr")
-            users = "no users" if run_setting(sft, "user_model") is None else f"user-model lr {rate}"
+            users = f"user-model lr {run_setting(sft, 'user_model_lr')}" if has_users(sft) else "no users"
             stages.append(
                 f"`{method}`: {config} after {epochs} epoch{'s' if epochs != 1 else ''} of it ({users};"
                 f" `{experiment.relative_to(ROOT)}`)"
