@@ -682,7 +682,7 @@ def write_part1(runs, table, samples, groups, seen, args) -> None:
     (epochs,) = {run_setting(run, "max_epochs", "trainer") for run in runs.values()}
     (batch,) = {run_setting(run, "batch_size", "data") for run in runs.values()}
     triples = training_triples(runs, PART1["data"])
-    columns = [m for m in methods] + [f"{m}/generic" for m in under]
+    columns = [*methods, *(f"{m}/generic" for m in under)]
     lines = [
         *section_head(1, "The length task on real text: SmolLM2-135M-Instruct per user (issue 12, part 1)"),
         *paragraph(
